@@ -1,0 +1,204 @@
+"""The run's configuration: one dataclass, mirrored by the command line and by TOML files.
+
+Precedence, lowest first: the field defaults below, the chosen model's recipe
+(``mpidl.models.MODELS[...].defaults``), the ``--config`` TOML file, the flags.
+A TOML key is a flag's name with dashes or underscores (``batch_size`` or ``batch-size``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import json
+import sys
+from dataclasses import dataclass, field, fields
+
+from mpidl.errors import ConfigError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised on 3.10 only
+    import tomli as tomllib
+
+UNSET = None  # "take it from the model's recipe"
+
+
+def _opt(default, help, **kw):
+    return field(default=default, metadata=dict(help=help, **kw))
+
+
+@dataclass
+class RunConfig:
+    # what to train
+    model: str = _opt("mlp", "model to train", choices="models")
+    dataset: str | None = _opt(UNSET, "dataset (default: the model's own)", choices="datasets")
+    data_dir: str | None = _opt(UNSET, "folder with the dataset's files (MNIST/Fashion-MNIST IDX, raw or .gz)")
+    hidden: str | None = _opt(UNSET, "hidden layer sizes of mlp, comma-separated (default 64,64)")
+    # how long
+    epochs: int | None = _opt(UNSET, "passes over the training set")
+    max_steps: int | None = _opt(UNSET, "stop after this many optimiser steps in total")
+    batch_size: int | None = _opt(UNSET, "GLOBAL batch size, split across ranks")
+    drop_last: bool = _opt(True, "drop the last incomplete global batch of each epoch")
+    # optimiser and schedule
+    optimizer: str | None = _opt(UNSET, "optimiser", choices=("sgd", "adam", "adamw"))
+    lr: float | None = _opt(UNSET, "learning rate (before --lr-scaling)")
+    momentum: float | None = _opt(UNSET, "SGD momentum (default 0.9 where the recipe says so, else 0)")
+    nesterov: bool = _opt(False, "Nesterov momentum (SGD)")
+    weight_decay: float = _opt(0.0, "weight decay (L2 for sgd/adam, decoupled for adamw); not on biases")
+    schedule: str = _opt("constant", "learning-rate schedule", choices=("constant", "step", "cosine"))
+    warmup_steps: int | None = _opt(UNSET, "linear warm-up steps (default 0; 5%% of the run with --lr-scaling linear)")
+    lr_step: int = _opt(0, "'step' schedule: decay every this many steps (default: a third of the run)")
+    lr_gamma: float = _opt(0.1, "'step' schedule: decay factor")
+    lr_scaling: str = _opt("none", "'linear': lr x number of ranks, with warm-up (Goyal et al. 2017)",
+                           choices=("none", "linear"))
+    # numerics and reproducibility
+    seed: int = _opt(0, "seed for initial weights and data order (same on every rank)")
+    dtype: str = _opt("float32", "floating-point type of weights, gradients and activations",
+                      choices=("float32", "float64"))
+    # machine
+    threads: int | None = _opt(UNSET, "BLAS threads per rank (default: cores / ranks on this node)")
+    # output
+    out: str | None = _opt(UNSET, "output folder (default runs/MODEL-DATASET-TIME)")
+    eval_batch_size: int = _opt(1000, "samples per evaluation batch on each rank")
+    progress: str = _opt("auto", "progress display on rank 0: auto (bar on a terminal), bar, log, none",
+                         choices=("auto", "bar", "log", "none"))
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def digest(self) -> bytes:
+        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).digest()
+
+    def hidden_sizes(self) -> tuple[int, ...]:
+        if self.hidden is None:
+            return (64, 64)
+        try:
+            sizes = tuple(int(s) for s in str(self.hidden).split(",") if s.strip())
+        except ValueError:
+            raise ConfigError(f"--hidden {self.hidden!r}: expected comma-separated integers, e.g. 128,64")
+        if not sizes or min(sizes) < 1:
+            raise ConfigError(f"--hidden {self.hidden!r}: sizes must be positive integers")
+        return sizes
+
+
+FIELDS = {f.name: f for f in fields(RunConfig)}
+
+
+def _field_type(f) -> type:
+    text = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
+    for name, t in (("bool", bool), ("int", int), ("float", float), ("str", str)):
+        if text.startswith(name):
+            return t
+    raise TypeError(f.type)
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that raises instead of printing, so that only rank 0 prints."""
+
+    def error(self, message):
+        raise ConfigError(message)
+
+    def print_help(self, file=None):
+        from mpidl.comm import launcher_rank
+        if launcher_rank() == 0:
+            super().print_help(file)
+
+
+def _choices(f):
+    from mpidl.data.datasets import LOADERS
+    from mpidl.models import MODELS
+    c = f.metadata.get("choices")
+    return {"models": tuple(MODELS), "datasets": tuple(LOADERS)}.get(c, c) if isinstance(c, str) else c
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from mpidl.models import MODELS
+    models = "\n".join(f"  {name:8s} {spec.help}" for name, spec in MODELS.items())
+    p = _Parser(
+        prog="mpidl",
+        description="Data-parallel training with NumPy kernels and MPI Allreduce.\n"
+                    "Launch with: mpirun -n 4 python -m mpidl.train [options]",
+        epilog=f"models:\n{models}\n\nEvery option can also be set in --config FILE.toml "
+               "(keys as the option names, e.g. batch_size = 128); flags win over the file.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        argument_default=argparse.SUPPRESS,
+    )
+    p.add_argument("--config", metavar="FILE.toml", help="read options from a TOML file")
+    for f in fields(RunConfig):
+        flag = "--" + f.name.replace("_", "-")
+        t = _field_type(f)
+        default = f.default
+        helptext = f.metadata["help"] + ("" if default is None or t is bool else f" (default {default})")
+        if t is bool:
+            p.add_argument(flag, action=argparse.BooleanOptionalAction, help=helptext)
+        else:
+            p.add_argument(flag, type=t, choices=_choices(f), metavar=None if _choices(f) else t.__name__.upper(),
+                           help=helptext)
+    return p
+
+
+def _from_toml(path: str) -> dict:
+    try:
+        with open(path, "rb") as fh:
+            raw = tomllib.load(fh)
+    except OSError as exc:
+        raise ConfigError(f"--config {path}: {exc.strerror or exc}")
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"--config {path}: not valid TOML ({exc})")
+    out = {}
+    for key, value in raw.items():
+        name = key.replace("-", "_")
+        if name not in FIELDS:
+            raise ConfigError(f"--config {path}: unknown key {key!r}")
+        f = FIELDS[name]
+        t = _field_type(f)
+        if name == "hidden" and isinstance(value, list):
+            value = ",".join(str(v) for v in value)
+        ok = (isinstance(value, bool) if t is bool else
+              isinstance(value, int) and not isinstance(value, bool) if t is int else
+              isinstance(value, (int, float)) and not isinstance(value, bool) if t is float else
+              isinstance(value, str))
+        if not ok:
+            raise ConfigError(f"--config {path}: {key} = {value!r} should be of type {t.__name__}")
+        choices = _choices(f)
+        if choices and value not in choices:
+            raise ConfigError(f"--config {path}: {key} = {value!r}; choose from {', '.join(choices)}")
+        out[name] = t(value)
+    return out
+
+
+def parse_config(argv=None) -> RunConfig:
+    """Flags and file merged, model recipe applied, values checked. Raises ConfigError."""
+    from mpidl.models import MODELS
+    args = vars(build_parser().parse_args(argv))
+    file_values = _from_toml(args.pop("config")) if "config" in args else {}
+    merged = {**file_values, **args}
+    model = merged.get("model", RunConfig.model)
+    recipe = {k: v for k, v in MODELS[model].defaults.items() if k in FIELDS}
+    cfg = RunConfig(**{**recipe, **merged})
+    if cfg.momentum is None:
+        cfg.momentum = 0.0
+    validate(cfg)
+    return cfg
+
+
+def validate(cfg: RunConfig) -> None:
+    def need(cond, flag, msg):
+        if not cond:
+            raise ConfigError(f"--{flag.replace('_', '-')} {getattr(cfg, flag)}: {msg}")
+
+    need(cfg.epochs is None or cfg.epochs >= 1, "epochs", "must be at least 1")
+    need(cfg.max_steps is None or cfg.max_steps >= 1, "max_steps", "must be at least 1")
+    need(cfg.batch_size is not None and cfg.batch_size >= 1, "batch_size", "must be at least 1")
+    need(cfg.lr is not None and cfg.lr > 0, "lr", "must be positive")
+    need(0 <= cfg.momentum < 1, "momentum", "must be in [0, 1)")
+    need(cfg.weight_decay >= 0, "weight_decay", "must be non-negative")
+    need(cfg.warmup_steps is None or cfg.warmup_steps >= 0, "warmup_steps", "must be non-negative")
+    need(cfg.lr_step >= 0, "lr_step", "must be non-negative")
+    need(0 < cfg.lr_gamma <= 1, "lr_gamma", "must be in (0, 1]")
+    need(cfg.threads is None or cfg.threads >= 1, "threads", "must be at least 1")
+    need(cfg.eval_batch_size >= 1, "eval_batch_size", "must be at least 1")
+    need(not cfg.nesterov or (cfg.optimizer == "sgd" and cfg.momentum > 0), "nesterov",
+         "needs --optimizer sgd and --momentum > 0")
+    cfg.hidden_sizes()

@@ -1,0 +1,155 @@
+"""Datasets: every rank loads the same arrays; the loader picks each rank's samples.
+
+Images stay in their stored integer type and are scaled to [0, 1] batch by batch,
+so a rank holds 1 byte per pixel, not 4 or 8.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+from importlib import resources
+
+import numpy as np
+
+from mpidl.data.idx import find_idx, read_idx
+from mpidl.errors import DataError
+
+# Debian's package dataset-fashion-mnist installs the IDX files here.
+DEBIAN_FASHION_MNIST = "/usr/share/datasets/fashion-mnist"
+
+
+@dataclass
+class Dataset:
+    name: str
+    task: str                 # classification | binary | regression
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_val: np.ndarray
+    y_val: np.ndarray
+    num_classes: int          # outputs for classification; 1 for binary/regression
+    scale: float = 1.0        # multiply stored inputs by this to get model inputs
+    val_name: str = "val"     # 'val' or 'test', as the dataset provides
+
+    @property
+    def sample_shape(self) -> tuple:
+        return tuple(self.x_train.shape[1:])
+
+    def inputs(self, x: np.ndarray, dtype) -> np.ndarray:
+        out = x.astype(dtype)
+        if self.scale != 1.0:
+            out *= self.scale
+        return out
+
+    def digest(self) -> bytes:
+        """Sizes, shapes and a sample of the bytes: cheap, and enough to catch ranks
+        that read different files."""
+        h = hashlib.sha256()
+        for a in (self.x_train, self.y_train, self.x_val, self.y_val):
+            h.update(repr((a.shape, str(a.dtype))).encode())
+            flat = a.reshape(-1)
+            h.update(np.ascontiguousarray(flat[:: max(1, flat.size // 4096)]).tobytes())
+        h.update(repr((self.name, self.task, self.num_classes, self.scale)).encode())
+        return h.digest()
+
+    def validate(self) -> None:
+        for split, x, y in (("train", self.x_train, self.y_train), ("validation", self.x_val, self.y_val)):
+            if len(x) != len(y):
+                raise DataError(f"{self.name}: {split} has {len(x)} inputs but {len(y)} labels")
+            if len(x) == 0:
+                raise DataError(f"{self.name}: {split} split is empty")
+            if x.dtype.kind == "f" and not np.isfinite(x).all():
+                raise DataError(f"{self.name}: {split} inputs contain NaN or infinite values")
+            if self.task == "classification":
+                lo, hi = int(y.min()), int(y.max())
+                if lo < 0 or hi >= self.num_classes:
+                    raise DataError(f"{self.name}: {split} labels span {lo}..{hi}, "
+                                    f"outside the {self.num_classes} classes 0..{self.num_classes - 1}")
+            elif not np.isfinite(np.asarray(y, dtype=np.float64)).all():
+                raise DataError(f"{self.name}: {split} targets contain NaN or infinite values")
+
+
+def load_digits(data_dir=None) -> Dataset:
+    """The 1,797 8x8 handwritten digits of UCI (Alpaydin & Kaynak), shipped in the package.
+    A fixed 80/20 split (independent of --seed) keeps validation figures comparable."""
+    with resources.files("mpidl.data").joinpath("digits8x8.npz").open("rb") as f:
+        npz = np.load(f, allow_pickle=False)
+        images, labels = npz["images"], npz["labels"].astype(np.int64)
+    order = np.random.default_rng(20240601).permutation(len(labels))
+    n_val = 360
+    val, train = order[:n_val], order[n_val:]
+    return Dataset("digits", "classification", images[train, None], labels[train],
+                   images[val, None], labels[val], num_classes=10, scale=1 / 16)
+
+
+def _load_idx_pair(directory: str, name: str, split: str):
+    imgs_stem, labels_stem = f"{split}-images-idx3-ubyte", f"{split}-labels-idx1-ubyte"
+    imgs_path, labels_path = find_idx(directory, imgs_stem), find_idx(directory, labels_stem)
+    for path, stem in ((imgs_path, imgs_stem), (labels_path, labels_stem)):
+        if path is None:
+            raise DataError(f"{name}: {stem}[.gz] not found in {directory}")
+    images, labels = read_idx(imgs_path), read_idx(labels_path)
+    if images.ndim != 3:
+        raise DataError(f"{imgs_path}: expected images of shape (n, rows, cols), found {images.shape}")
+    if labels.ndim != 1:
+        raise DataError(f"{labels_path}: expected a vector of labels, found shape {labels.shape}")
+    if len(images) != len(labels):
+        raise DataError(f"{name}: {imgs_path} holds {len(images)} images but {labels_path} "
+                        f"holds {len(labels)} labels")
+    return images[:, None], labels.astype(np.int64)
+
+
+def load_idx_dataset(name: str, data_dir: str | None) -> Dataset:
+    """MNIST or Fashion-MNIST from IDX files: train-* for training, t10k-* as the test set."""
+    if data_dir is None:
+        if name == "fashion-mnist" and os.path.isdir(DEBIAN_FASHION_MNIST):
+            data_dir = DEBIAN_FASHION_MNIST
+        else:
+            hint = (" (or install Debian's dataset-fashion-mnist package)" if name == "fashion-mnist" else "")
+            raise DataError(f"{name}: give --data-dir, the folder holding the IDX files{hint}")
+    if not os.path.isdir(data_dir):
+        raise DataError(f"--data-dir {data_dir}: no such directory")
+    if not os.access(data_dir, os.R_OK | os.X_OK):
+        raise DataError(f"--data-dir {data_dir}: not readable")
+    x_train, y_train = _load_idx_pair(data_dir, name, "train")
+    x_test, y_test = _load_idx_pair(data_dir, name, "t10k")
+    if x_train.shape[1:] != x_test.shape[1:]:
+        raise DataError(f"{name}: train images {x_train.shape[1:]} and test images {x_test.shape[1:]} differ in size")
+    return Dataset(name, "classification", x_train, y_train, x_test, y_test, num_classes=10,
+                   scale=1 / 255, val_name="test")
+
+
+def load_xor(data_dir=None) -> Dataset:
+    """The four points of XOR, used for training and for evaluation."""
+    x = np.array([[0, 0], [0, 1], [1, 0], [1, 1]], dtype=np.float64)
+    y = np.array([0, 1, 1, 0], dtype=np.int64)
+    return Dataset("xor", "binary", x, y, x.copy(), y.copy(), num_classes=1)
+
+
+def load_regression(data_dir=None, n_train=2048, n_val=512, features=8) -> Dataset:
+    """y = x.w + b + noise with fixed w, b (seeded, independent of --seed)."""
+    rng = np.random.default_rng(1234)
+    w = rng.normal(size=features)
+    b = 0.5
+    x = rng.normal(size=(n_train + n_val, features))
+    y = x @ w + b + 0.1 * rng.normal(size=n_train + n_val)
+    return Dataset("regression", "regression", x[:n_train], y[:n_train, None],
+                   x[n_train:], y[n_train:, None], num_classes=1)
+
+
+LOADERS = {
+    "digits": load_digits,
+    "mnist": lambda data_dir: load_idx_dataset("mnist", data_dir),
+    "fashion-mnist": lambda data_dir: load_idx_dataset("fashion-mnist", data_dir),
+    "xor": load_xor,
+    "regression": load_regression,
+}
+
+
+def load_dataset(name: str, data_dir: str | None = None) -> Dataset:
+    if name not in LOADERS:
+        raise DataError(f"unknown dataset {name!r}; choose from {', '.join(LOADERS)}")
+    ds = LOADERS[name](data_dir)
+    ds.validate()
+    return ds

@@ -1,0 +1,63 @@
+"""Which samples each rank uses at each step.
+
+Every rank draws the same permutation (seeded by run seed and epoch), cuts it into
+the same global batches, and takes its own contiguous slice of each. Steps per epoch
+are therefore identical on every rank for any dataset size and rank count, so no rank
+waits at the end of an epoch for a collective the others never enter.
+
+When the global batch does not divide by the rank count, slices differ by at most one
+sample (``numpy.array_split``) and the trainer weights each rank's gradient by its
+share, so the update equals the single-process one on the same global batch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterator
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Step:
+    epoch: int
+    index: int               # step within the epoch
+    indices: np.ndarray      # this rank's sample indices
+    global_count: int        # samples in the whole global batch
+    weight: float            # this rank's share x world size (1.0 when the split is even)
+
+
+class ShardedSampler:
+    def __init__(self, n_samples: int, global_batch: int, rank: int, size: int, seed: int,
+                 drop_last: bool = True, shuffle: bool = True):
+        if global_batch < 1:
+            raise ValueError("global batch must be at least 1")
+        self.n = int(n_samples)
+        self.batch = int(global_batch)
+        self.rank, self.size = rank, size
+        self.seed = int(seed)
+        self.drop_last = drop_last
+        self.shuffle = shuffle
+
+    @property
+    def steps_per_epoch(self) -> int:
+        if self.drop_last:
+            return self.n // self.batch
+        return -(-self.n // self.batch)
+
+    def order(self, epoch: int) -> np.ndarray:
+        if not self.shuffle:
+            return np.arange(self.n)
+        return np.random.default_rng([self.seed, epoch]).permutation(self.n)
+
+    def epoch(self, epoch: int, start: int = 0) -> Iterator[Step]:
+        order = self.order(epoch)
+        for s in range(start, self.steps_per_epoch):
+            batch = order[s * self.batch:(s + 1) * self.batch]
+            mine = np.array_split(batch, self.size)[self.rank]
+            yield Step(epoch, s, mine, len(batch), len(mine) * self.size / len(batch))
+
+
+def eval_shard(n_samples: int, rank: int, size: int) -> np.ndarray:
+    """This rank's part of an evaluation set: disjoint, together covering every sample once."""
+    return np.array_split(np.arange(n_samples), size)[rank]

@@ -1,0 +1,107 @@
+"""Layers: own parameter views from a ParamStore and call the stateless kernels in ``mpidl.ops``.
+
+Protocol: ``forward(x, train=True) -> y`` keeps what backward needs on the layer;
+``backward(dy) -> dx`` adds parameter gradients into the grad views (so
+``ParamStore.zero_grad`` must run once per step) and returns the input gradient.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from mpidl import init as initializers
+from mpidl.ops import activations as act
+from mpidl.ops.linear import linear_backward, linear_forward
+from mpidl.params import ParamStore
+
+
+class Layer:
+    def forward(self, x, train: bool = True):
+        raise NotImplementedError
+
+    def backward(self, dy):
+        raise NotImplementedError
+
+    def __call__(self, x, train: bool = True):
+        return self.forward(x, train)
+
+
+class Linear(Layer):
+    def __init__(self, store: ParamStore, name: str, in_features: int, out_features: int,
+                 bias: bool = True, init="he"):
+        init_fn = initializers.BY_NAME[init] if isinstance(init, str) else init
+        self.W = store.add(f"{name}.weight", (out_features, in_features), init_fn)
+        self.b = store.add(f"{name}.bias", (out_features,), initializers.zeros, decay=False) if bias else None
+        self._cache = None
+        # The first layer's input gradient is never used; skipping it saves a GEMM.
+        self.need_input_grad = True
+
+    def forward(self, x, train=True):
+        y, self._cache = linear_forward(x, self.W.data, None if self.b is None else self.b.data)
+        return y
+
+    def backward(self, dy):
+        dx, dW, db = linear_backward(dy, self._cache, need_dx=self.need_input_grad)
+        self.W.grad += dW
+        if self.b is not None:
+            self.b.grad += db
+        self._cache = None
+        return dx
+
+
+class _Elementwise(Layer):
+    _fwd = None
+    _bwd = None
+
+    def forward(self, x, train=True):
+        y, self._cache = type(self)._fwd(x)
+        return y
+
+    def backward(self, dy):
+        return type(self)._bwd(dy, self._cache)
+
+
+class ReLU(_Elementwise):
+    _fwd = staticmethod(act.relu_forward)
+    _bwd = staticmethod(act.relu_backward)
+
+
+class Sigmoid(_Elementwise):
+    _fwd = staticmethod(act.sigmoid_forward)
+    _bwd = staticmethod(act.sigmoid_backward)
+
+
+class Tanh(_Elementwise):
+    _fwd = staticmethod(act.tanh_forward)
+    _bwd = staticmethod(act.tanh_backward)
+
+
+class Softmax(_Elementwise):
+    _fwd = staticmethod(act.softmax_forward)
+    _bwd = staticmethod(act.softmax_backward)
+
+
+class Flatten(Layer):
+    def forward(self, x, train=True):
+        self._shape = x.shape
+        return x.reshape(x.shape[0], -1)
+
+    def backward(self, dy):
+        return dy.reshape(self._shape)
+
+
+class Sequential(Layer):
+    def __init__(self, *layers: Layer):
+        self.layers = list(layers)
+
+    def forward(self, x, train=True):
+        for layer in self.layers:
+            x = layer.forward(x, train)
+        return x
+
+    def backward(self, dy):
+        for layer in reversed(self.layers):
+            dy = layer.backward(dy)
+            if dy is None:  # the layers below need no input gradient
+                break
+        return dy

@@ -1,0 +1,58 @@
+"""Losses: ``loss_fn(output, target) -> (mean loss over the batch, d loss / d output)``.
+
+All return the mean over the local batch; the trainer reweights the gradient when
+ranks hold different numbers of samples, so the update equals the global-batch one.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from mpidl.ops.activations import log_softmax
+
+
+def softmax_cross_entropy(logits, labels):
+    """Integer labels of shape (n,), logits (n, classes). Fused for stability."""
+    n = logits.shape[0]
+    logp = log_softmax(logits)
+    loss = -logp[np.arange(n), labels].sum() / max(n, 1)
+    dlogits = np.exp(logp)
+    dlogits[np.arange(n), labels] -= 1
+    dlogits /= max(n, 1)
+    return float(loss), dlogits
+
+
+def mse(pred, target):
+    """Squared error summed over outputs, mean over samples."""
+    n = pred.shape[0]
+    diff = pred - target.reshape(pred.shape)
+    loss = (diff * diff).sum() / max(n, 1)
+    return float(loss), (2.0 / max(n, 1)) * diff
+
+
+def binary_cross_entropy(prob, target, eps=1e-12):
+    """BCE on probabilities (after a Sigmoid layer), summed over outputs, mean over samples."""
+    n = prob.shape[0]
+    t = target.reshape(prob.shape).astype(prob.dtype)
+    p = np.clip(prob, eps, 1 - eps)
+    loss = -(t * np.log(p) + (1 - t) * np.log(1 - p)).sum() / max(n, 1)
+    dprob = (p - t) / (p * (1 - p)) / max(n, 1)
+    return float(loss), dprob.astype(prob.dtype, copy=False)
+
+
+def binary_cross_entropy_with_logits(logits, target):
+    """BCE on logits, stable for any logit: max(z,0) - z*t + log(1+exp(-|z|))."""
+    n = logits.shape[0]
+    t = target.reshape(logits.shape).astype(logits.dtype)
+    z = logits
+    loss = (np.maximum(z, 0) - z * t + np.log1p(np.exp(-np.abs(z)))).sum() / max(n, 1)
+    sig = np.where(z >= 0, 1 / (1 + np.exp(-np.abs(z))), np.exp(-np.abs(z)) / (1 + np.exp(-np.abs(z))))
+    return float(loss), ((sig - t) / max(n, 1)).astype(logits.dtype, copy=False)
+
+
+BY_NAME = {
+    "cross_entropy": softmax_cross_entropy,
+    "mse": mse,
+    "bce": binary_cross_entropy,
+    "bce_logits": binary_cross_entropy_with_logits,
+}

@@ -1,0 +1,51 @@
+"""Element-wise activations and softmax. Each backward uses the forward's output or input."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def relu_forward(x):
+    y = np.maximum(x, 0)
+    return y, y
+
+
+def relu_backward(dy, y):
+    return np.where(y > 0, dy, 0).astype(dy.dtype, copy=False)
+
+
+def sigmoid_forward(x):
+    # exp of a non-positive number only, so nothing overflows.
+    e = np.exp(-np.abs(x))
+    y = np.where(x >= 0, 1.0 / (1.0 + e), e / (1.0 + e)).astype(x.dtype, copy=False)
+    return y, y
+
+
+def sigmoid_backward(dy, y):
+    return dy * y * (1 - y)
+
+
+def tanh_forward(x):
+    y = np.tanh(x)
+    return y, y
+
+
+def tanh_backward(dy, y):
+    return dy * (1 - y * y)
+
+
+def softmax_forward(x, axis=-1):
+    z = x - x.max(axis=axis, keepdims=True)
+    e = np.exp(z)
+    y = e / e.sum(axis=axis, keepdims=True)
+    return y, (y, axis)
+
+
+def softmax_backward(dy, cache):
+    y, axis = cache
+    return y * (dy - (dy * y).sum(axis=axis, keepdims=True))
+
+
+def log_softmax(x, axis=-1):
+    z = x - x.max(axis=axis, keepdims=True)
+    return z - np.log(np.exp(z).sum(axis=axis, keepdims=True))

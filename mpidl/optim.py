@@ -1,0 +1,169 @@
+"""Optimisers that update the flat parameter buffer in place, and learning-rate schedules.
+
+Every optimiser works on whole flat arrays: one vectorised pass per step whatever the
+number of layers. Weight decay is skipped for biases and normalisation scales through
+a 0/1 mask built once from the ParamStore.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+
+class Optimizer:
+    def __init__(self, data: np.ndarray, decay_mask: np.ndarray | None = None, weight_decay: float = 0.0):
+        self.weight_decay = float(weight_decay)
+        self.decay_mask = decay_mask if decay_mask is not None else np.ones_like(data)
+        self.steps = 0
+        self._tmp = np.empty_like(data)
+
+    def _grad_with_l2(self, data, grad):
+        """grad + wd * mask * data, in a scratch buffer (the grad buffer is left alone)."""
+        if self.weight_decay == 0:
+            return grad
+        g = self._tmp
+        np.multiply(data, self.decay_mask, out=g)
+        g *= self.weight_decay
+        g += grad
+        return g
+
+    def step(self, data: np.ndarray, grad: np.ndarray, lr: float) -> None:
+        raise NotImplementedError
+
+    def state_dict(self) -> dict:
+        return {"steps": np.array(self.steps)}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.steps = int(state["steps"])
+
+
+class SGD(Optimizer):
+    """SGD with optional (Nesterov) momentum, in PyTorch's formulation:
+    v = mu*v + g;  p -= lr * (g + mu*v if nesterov else v)."""
+
+    def __init__(self, data, decay_mask=None, weight_decay=0.0, momentum=0.0, nesterov=False):
+        super().__init__(data, decay_mask, weight_decay)
+        if nesterov and momentum <= 0:
+            raise ValueError("Nesterov momentum needs momentum > 0")
+        self.momentum = float(momentum)
+        self.nesterov = bool(nesterov)
+        self.velocity = np.zeros_like(data) if momentum else None
+
+    def step(self, data, grad, lr):
+        g = self._grad_with_l2(data, grad)
+        if self.velocity is None:
+            data -= lr * g
+        else:
+            v = self.velocity
+            v *= self.momentum
+            v += g
+            if self.nesterov:
+                data -= lr * (g + self.momentum * v)
+            else:
+                data -= lr * v
+        self.steps += 1
+
+    def state_dict(self):
+        s = super().state_dict()
+        if self.velocity is not None:
+            s["velocity"] = self.velocity
+        return s
+
+    def load_state_dict(self, state):
+        super().load_state_dict(state)
+        if self.velocity is not None:
+            self.velocity[...] = state["velocity"]
+
+
+class Adam(Optimizer):
+    """Adam (Kingma & Ba, 2015). With ``decoupled=True`` this is AdamW (Loshchilov & Hutter, 2019):
+    the decay shrinks the weights directly instead of entering the moment estimates."""
+
+    def __init__(self, data, decay_mask=None, weight_decay=0.0, betas=(0.9, 0.999), eps=1e-8,
+                 decoupled=False):
+        super().__init__(data, decay_mask, weight_decay)
+        self.beta1, self.beta2 = map(float, betas)
+        self.eps = float(eps)
+        self.decoupled = bool(decoupled)
+        self.m = np.zeros_like(data)
+        self.v = np.zeros_like(data)
+        self._denom = np.empty_like(data)
+
+    def step(self, data, grad, lr):
+        self.steps += 1
+        if self.decoupled:
+            g = grad
+            if self.weight_decay:
+                data -= (lr * self.weight_decay) * self.decay_mask * data
+        else:
+            g = self._grad_with_l2(data, grad)
+        m, v, d = self.m, self.v, self._denom
+        m *= self.beta1
+        m += (1 - self.beta1) * g
+        v *= self.beta2
+        np.multiply(g, g, out=d)
+        d *= 1 - self.beta2
+        v += d
+        bias1 = 1 - self.beta1 ** self.steps
+        bias2 = 1 - self.beta2 ** self.steps
+        # p -= lr/bias1 * m / (sqrt(v/bias2) + eps)
+        np.sqrt(v, out=d)
+        d *= 1 / math.sqrt(bias2)
+        d += self.eps
+        np.divide(m, d, out=d)
+        d *= lr / bias1
+        data -= d
+
+    def state_dict(self):
+        s = super().state_dict()
+        s.update(m=self.m, v=self.v)
+        return s
+
+    def load_state_dict(self, state):
+        super().load_state_dict(state)
+        self.m[...] = state["m"]
+        self.v[...] = state["v"]
+
+
+def make_optimizer(name: str, data, decay_mask, *, weight_decay=0.0, momentum=0.0, nesterov=False,
+                   betas=(0.9, 0.999), eps=1e-8) -> Optimizer:
+    if name == "sgd":
+        return SGD(data, decay_mask, weight_decay, momentum=momentum, nesterov=nesterov)
+    if name == "adam":
+        return Adam(data, decay_mask, weight_decay, betas=betas, eps=eps)
+    if name == "adamw":
+        return Adam(data, decay_mask, weight_decay, betas=betas, eps=eps, decoupled=True)
+    raise ValueError(f"unknown optimizer {name!r}")
+
+
+@dataclass
+class Schedule:
+    """Learning rate as a function of the (0-based) step.
+
+    kind: constant | step | cosine. A linear warm-up from lr/warmup_steps up to lr
+    runs first when warmup_steps > 0 (Goyal et al., 2017, for large global batches).
+    """
+
+    lr: float
+    kind: str = "constant"
+    total_steps: int = 1
+    warmup_steps: int = 0
+    step_size: int = 1       # 'step': multiply by gamma every step_size steps
+    gamma: float = 0.1
+    min_lr: float = 0.0      # 'cosine': floor reached at total_steps
+
+    def __call__(self, step: int) -> float:
+        if self.warmup_steps > 0 and step < self.warmup_steps:
+            return self.lr * (step + 1) / self.warmup_steps
+        if self.kind == "constant":
+            return self.lr
+        if self.kind == "step":
+            return self.lr * self.gamma ** ((step - self.warmup_steps) // max(self.step_size, 1))
+        if self.kind == "cosine":
+            span = max(self.total_steps - self.warmup_steps, 1)
+            t = min(max(step - self.warmup_steps, 0) / span, 1.0)
+            return self.min_lr + 0.5 * (self.lr - self.min_lr) * (1 + math.cos(math.pi * t))
+        raise ValueError(f"unknown schedule {self.kind!r}")

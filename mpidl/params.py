@@ -1,0 +1,95 @@
+"""ParamStore: every parameter and gradient is a view into one flat buffer.
+
+One contiguous buffer means one Allreduce per step, one optimiser pass over a flat
+array, and one array to checkpoint. Layers declare parameters while the model is
+built; :meth:`ParamStore.allocate` then creates the two buffers and hands each
+parameter its views.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+
+Initializer = Callable[[np.random.Generator, tuple], np.ndarray]
+
+
+@dataclass
+class Param:
+    """A named slice of the flat buffers. ``data`` and ``grad`` are views, never copies."""
+
+    name: str
+    shape: tuple
+    init: Initializer
+    offset: int = -1
+    data: np.ndarray | None = field(default=None, repr=False)
+    grad: np.ndarray | None = field(default=None, repr=False)
+    decay: bool = True  # weight decay applies (False for biases and norm scales)
+
+    @property
+    def size(self) -> int:
+        return int(np.prod(self.shape, dtype=np.int64))
+
+
+class ParamStore:
+    def __init__(self) -> None:
+        self.params: list[Param] = []
+        self._names: set[str] = set()
+        self.data: np.ndarray | None = None
+        self.grad: np.ndarray | None = None
+
+    def add(self, name: str, shape, init: Initializer, decay: bool = True) -> Param:
+        if self.data is not None:
+            raise RuntimeError("ParamStore already allocated; declare parameters before allocate()")
+        if name in self._names:
+            raise ValueError(f"duplicate parameter name {name!r}")
+        self._names.add(name)
+        p = Param(name, tuple(int(s) for s in shape), init, decay=decay)
+        self.params.append(p)
+        return p
+
+    @property
+    def size(self) -> int:
+        return sum(p.size for p in self.params)
+
+    def allocate(self, dtype=np.float32, rng: np.random.Generator | None = None) -> None:
+        """Create the flat buffers, point every parameter at its views, run the initialisers."""
+        rng = rng if rng is not None else np.random.default_rng(0)
+        self.data = np.zeros(self.size, dtype=dtype)
+        self.grad = np.zeros(self.size, dtype=dtype)
+        offset = 0
+        for p in self.params:
+            p.offset = offset
+            p.data = self.data[offset:offset + p.size].reshape(p.shape)
+            p.grad = self.grad[offset:offset + p.size].reshape(p.shape)
+            p.data[...] = p.init(rng, p.shape)
+            offset += p.size
+
+    def zero_grad(self) -> None:
+        self.grad.fill(0)
+
+    def decay_mask(self) -> np.ndarray:
+        """1 where weight decay applies, 0 elsewhere, as a flat array like ``data``."""
+        mask = np.zeros(self.size, dtype=self.data.dtype)
+        for p in self.params:
+            if p.decay:
+                mask[p.offset:p.offset + p.size] = 1
+        return mask
+
+    def layout(self) -> dict:
+        """Names, shapes and offsets: enough to cut the flat vector back into arrays."""
+        return {
+            "names": [p.name for p in self.params],
+            "shapes": [list(p.shape) for p in self.params],
+            "offsets": [p.offset for p in self.params],
+        }
+
+    def layout_digest(self) -> bytes:
+        text = repr((self.layout(), str(self.data.dtype) if self.data is not None else None))
+        return hashlib.sha256(text.encode()).digest()
+
+    def named(self) -> dict[str, np.ndarray]:
+        return {p.name: p.data for p in self.params}

@@ -1,0 +1,191 @@
+"""Train a model data-parallel across MPI ranks.
+
+    python -m mpidl.train                      # one process (a world of one)
+    mpirun -n 4 python -m mpidl.train          # four ranks, same global batch
+    mpirun -n 4 python -m mpidl.train --model mlp --dataset fashion-mnist --epochs 5
+    mpidl --help
+
+Only rank 0 prints and writes files. A bad flag, config or data file is reported once,
+in one line, and every rank exits with status 2; an unexpected exception on any rank
+aborts all ranks.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+
+from mpidl import __version__
+from mpidl.comm import install_abort_on_exception, launcher_rank, world
+from mpidl.config import parse_config
+from mpidl.errors import UserError
+
+EXIT_USAGE = 2
+
+
+def _fail(message: str, rank: int | None = None) -> None:
+    tag = f" [rank {rank}]" if rank else ""
+    print(f"mpidl: error{tag}: {message}", file=sys.stderr, flush=True)
+
+
+def _agreed(comm, fn):
+    """Run fn on every rank; if it raises a UserError anywhere, the lowest such rank prints
+    it and every rank exits with status 2 together (no rank left waiting in a collective)."""
+    error = None
+    try:
+        result = fn()
+    except UserError as exc:
+        error, result = exc, None
+    first = comm.first_failure(error is not None)
+    if first is not None:
+        if comm.rank == first:
+            _fail(str(error), first)
+        raise SystemExit(EXIT_USAGE)
+    return result
+
+
+def blas_threads(cfg, comm) -> int:
+    """--threads, else SLURM_CPUS_PER_TASK, else the cores this process may use / ranks on this node."""
+    if cfg.threads:
+        return cfg.threads
+    slurm = os.environ.get("SLURM_CPUS_PER_TASK", "")
+    if slurm.isdigit() and int(slurm) > 0:
+        return int(slurm)
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cores = os.cpu_count() or 1
+    return max(1, cores // comm.local_size)
+
+
+def _prepare_out_dir(cfg) -> str:
+    out = cfg.out or os.path.join("runs", f"{cfg.model}-{cfg.dataset}-{time.strftime('%Y%m%d-%H%M%S')}")
+    try:
+        os.makedirs(out, exist_ok=True)
+        probe = os.path.join(out, ".mpidl-write-test")
+        with open(probe, "w"):
+            pass
+        os.unlink(probe)
+    except OSError as exc:
+        raise UserError(f"--out {out}: cannot write there ({exc.strerror or exc})")
+    return out
+
+
+class Reporter:
+    """Rank 0's progress display and metric files."""
+
+    def __init__(self, cfg, trainer, out_dir, enabled: bool):
+        self.enabled = enabled
+        self.out_dir = out_dir
+        self.bar = None
+        if not enabled:
+            return
+        mode = cfg.progress
+        if mode == "auto":
+            mode = "bar" if sys.stdout.isatty() else "log"
+        self.mode = mode
+        if mode == "bar":
+            from tqdm import tqdm
+            self.bar = tqdm(total=trainer.total_steps, unit="step", dynamic_ncols=True)
+        self.metrics_file = open(os.path.join(out_dir, "metrics.jsonl"), "w")
+
+    def step(self, trainer):
+        if self.bar is not None:
+            self.bar.update(1)
+
+    def epoch(self, trainer, m):
+        if not self.enabled:
+            return
+        self.metrics_file.write(json.dumps(m.to_dict()) + "\n")
+        self.metrics_file.flush()
+        acc = "" if m.val_accuracy is None else f"  {trainer.data.val_name}_acc {m.val_accuracy:.4f}"
+        line = (f"epoch {m.epoch:3d}/{trainer.epochs}  step {m.step:6d}  train_loss {m.train_loss:.4f}  "
+                f"{trainer.data.val_name}_loss {m.val_loss:.4f}{acc}  {m.samples_per_sec:8.0f} samples/s")
+        if self.bar is not None:
+            self.bar.set_postfix(loss=f"{m.train_loss:.3f}", acc="-" if m.val_accuracy is None
+                                 else f"{m.val_accuracy:.3f}")
+            self.bar.write(line)
+        elif self.mode == "log":
+            print(line, flush=True)
+
+    def close(self):
+        if self.bar is not None:
+            self.bar.close()
+        if self.enabled:
+            self.metrics_file.close()
+
+
+def main(argv=None) -> int:
+    rank_hint = launcher_rank()
+    try:
+        cfg = parse_config(argv)
+    except UserError as exc:
+        if rank_hint == 0:
+            _fail(str(exc))
+        return EXIT_USAGE
+    except SystemExit as exc:  # --help
+        return int(exc.code or 0)
+
+    comm = world()
+    install_abort_on_exception(comm)
+    from threadpoolctl import threadpool_limits
+    threads = blas_threads(cfg, comm)
+    threadpool_limits(threads)
+
+    from mpidl.checkpoint import save_weights
+    from mpidl.trainer import Trainer
+
+    try:
+        trainer = _agreed(comm, lambda: Trainer(cfg, comm))
+        out_dir = _agreed(comm, lambda: _prepare_out_dir(cfg) if comm.rank == 0 else None)
+    except SystemExit as exc:
+        return int(exc.code)
+
+    lead = comm.rank == 0
+    if lead:
+        print(f"mpidl {__version__}: model {cfg.model}, dataset {cfg.dataset} "
+              f"({len(trainer.data.x_train)} train / {len(trainer.data.x_val)} {trainer.data.val_name}), "
+              f"{comm.size} rank(s) x {threads} BLAS thread(s), global batch {cfg.batch_size}, "
+              f"{trainer.epochs} epoch(s) = {trainer.total_steps} steps, {cfg.optimizer} lr "
+              f"{trainer.schedule.lr:g}, {cfg.dtype}; output in {out_dir}", flush=True)
+
+    reporter = Reporter(cfg, trainer, out_dir, enabled=lead)
+    t0 = time.perf_counter()
+    try:
+        history = trainer.fit(on_step=reporter.step, on_epoch=reporter.epoch)
+    finally:
+        reporter.close()
+    wall = time.perf_counter() - t0
+
+    if lead:
+        last = history[-1]
+        summary = {
+            "mpidl_version": __version__,
+            "world_size": comm.size,
+            "blas_threads_per_rank": threads,
+            "mpi_library": comm.library,
+            "epochs": len(history),
+            "steps": trainer.global_step,
+            "train_loss": last.train_loss,
+            "val_loss": last.val_loss,
+            "val_accuracy": last.val_accuracy,
+            "val_split": trainer.data.val_name,
+            "wall_time": wall,
+            "train_time": trainer.train_time,
+            "samples_per_sec": trainer.samples_seen / max(trainer.train_time, 1e-9),
+            "config": cfg.to_dict(),
+        }
+        with open(os.path.join(out_dir, "summary.json"), "w") as f:
+            json.dump(summary, f, indent=2)
+        save_weights(os.path.join(out_dir, "weights.npz"), trainer.store)
+        acc = "" if last.val_accuracy is None else f"{trainer.data.val_name} accuracy {last.val_accuracy:.4f}, "
+        print(f"done: {acc}{trainer.data.val_name} loss {last.val_loss:.4f}, {trainer.global_step} steps in "
+              f"{wall:.1f} s, {summary['samples_per_sec']:.0f} samples/s on {comm.size} rank(s); "
+              f"wrote {out_dir}/", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
