@@ -1,0 +1,16 @@
+"""Shared test setup.
+
+tests/mpi/ holds tests that run inside an MPI world; the plain pytest run does not
+collect them itself but starts them under mpiexec with 1, 2 and 4 ranks
+(tests/test_mpi_suites.py), so one `pytest` command runs everything.
+"""
+
+import os
+
+collect_ignore = []
+
+
+def pytest_configure(config):
+    # Under mpiexec the suite is started with --with-mpi (pytest-mpi); otherwise skip tests/mpi.
+    if not config.getoption("with_mpi", default=False):
+        collect_ignore.append(os.path.join(os.path.dirname(__file__), "mpi"))

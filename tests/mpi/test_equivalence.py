@@ -1,0 +1,44 @@
+"""The core promise of data parallelism: N ranks on the same global batch end with the same
+weights as one process. Checked in float64 so that only summation order differs."""
+
+import numpy as np
+import pytest
+
+from mpidl.comm import SerialComm, world
+from mpidl.config import parse_config
+from mpidl.trainer import Trainer
+
+REL_TOL = 1e-10
+
+
+def _train(args, comm):
+    cfg = parse_config(args)
+    t = Trainer(cfg, comm)
+    t.fit()
+    return t.store.data.copy()
+
+
+@pytest.mark.mpi
+@pytest.mark.parametrize("args", [
+    # 20 steps of Adam on the MLP, global batch 64 (divides by 1, 2 and 4)
+    ["--model", "mlp", "--max-steps", "20", "--batch-size", "64", "--optimizer", "adam", "--lr", "0.01"],
+    # a batch that does not divide by 4 (uneven shares are weighted) and SGD with Nesterov
+    ["--model", "mlp", "--max-steps", "20", "--batch-size", "30", "--optimizer", "sgd", "--lr", "0.1",
+     "--momentum", "0.9", "--nesterov", "--weight-decay", "1e-4"],
+    ["--model", "logreg", "--max-steps", "20", "--batch-size", "50", "--optimizer", "adamw",
+     "--lr", "0.01", "--weight-decay", "0.01", "--schedule", "cosine", "--warmup-steps", "5"],
+])
+def test_n_ranks_equal_one_process(args):
+    args = [*args, "--dtype", "float64", "--seed", "3"]
+    comm = world()
+    distributed = _train(args, comm)
+    reference = _train(args, SerialComm())  # one process, same global batch
+    scale = np.abs(reference).max()
+    err = np.abs(distributed - reference).max() / scale
+    assert err <= REL_TOL, f"{comm.size} ranks differ from 1 process by {err:.2e} (relative)"
+    # and training really moved the weights
+    cfg = parse_config(args)
+    from mpidl.models import Model
+    m = Model(cfg.model, (1, 8, 8), 10, {"hidden": cfg.hidden_sizes()})
+    m.allocate(np.float64, cfg.seed)
+    assert np.abs(m.store.data - reference).max() > 1e-3

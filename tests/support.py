@@ -1,0 +1,38 @@
+"""Helpers for tests that launch mpidl or pytest under mpiexec as a child process."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def mpiexec() -> str:
+    """The mpiexec beside this Python (the PyPI MPICH wheel puts it there), else the one on PATH."""
+    here = os.path.join(os.path.dirname(sys.executable), "mpiexec")
+    found = here if os.path.exists(here) else shutil.which("mpiexec")
+    if found is None:
+        raise RuntimeError("no mpiexec found: pip install mpich (or load your MPI module)")
+    return found
+
+
+def child_env(**extra) -> dict:
+    env = dict(os.environ)
+    env.pop("OPENBLAS_CORETYPE", None)
+    env.setdefault("OMP_NUM_THREADS", "1")
+    env.update({k: str(v) for k, v in extra.items()})
+    return env
+
+
+def run_mpi(n: int, args: list[str], timeout: float = 300, env: dict | None = None, cwd: str | None = None):
+    """Run `python ARGS` on n ranks; returns the CompletedProcess (text, both streams captured)."""
+    cmd = [mpiexec(), "-n", str(n), sys.executable, *args]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env or child_env(),
+                          cwd=cwd or REPO)
+
+
+def run_train(n: int, args: list[str], timeout: float = 300, **kw):
+    return run_mpi(n, ["-m", "mpidl.train", *args], timeout=timeout, **kw)
