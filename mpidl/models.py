@@ -18,7 +18,9 @@ from mpidl.params import ParamStore
 
 @dataclass
 class ModelSpec:
-    build: Callable            # (store, sample_shape, n_out, options) -> Layer
+    # (store, sample_shape, n_out, options) -> Layer. options: "hidden" (tuple of ints),
+    # "rng" (this rank's Generator for dropout/noise), "comm" (for synchronised layers).
+    build: Callable
     loss: str                  # key of losses.BY_NAME
     task: str                  # classification | binary | regression
     defaults: dict = field(default_factory=dict)   # recipe: dataset, epochs, batch_size, optimizer, lr ...

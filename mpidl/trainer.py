@@ -53,8 +53,12 @@ class Trainer:
             raise ConfigError(f"--batch-size {cfg.batch_size}: larger than the {n_train} training samples "
                               f"of {cfg.dataset}")
 
+        # Per-rank random streams (dropout masks, VAE noise, augmentation): seeded from the
+        # run seed and the rank, so a run is reproducible and ranks do not draw the same numbers.
+        self.model_rng = np.random.default_rng([cfg.seed, comm.rank, 1])
+        self.data_rng = np.random.default_rng([cfg.seed, comm.rank, 2])
         self.model = Model(cfg.model, self.data.sample_shape, self.data.num_classes,
-                           {"hidden": cfg.hidden_sizes()})
+                           {"hidden": cfg.hidden_sizes(), "rng": self.model_rng, "comm": comm})
         self.model.allocate(self.dtype, cfg.seed)
         self.store = self.model.store
 
@@ -92,6 +96,8 @@ class Trainer:
     def train_step(self, step) -> float:
         """One synchronised step; returns this rank's summed loss (mean loss x local samples)."""
         x = self.data.inputs(self.data.x_train[step.indices], self.dtype)
+        if self.data.augment is not None:
+            x = self.data.augment(x, self.data_rng)
         y = self.data.y_train[step.indices]
         self.store.zero_grad()
         loss = 0.0

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import os
 from dataclasses import dataclass
+from typing import Callable
 from importlib import resources
 
 import numpy as np
@@ -31,6 +32,8 @@ class Dataset:
     num_classes: int          # outputs for classification; 1 for binary/regression
     scale: float = 1.0        # multiply stored inputs by this to get model inputs
     val_name: str = "val"     # 'val' or 'test', as the dataset provides
+    # Training-time augmentation: (inputs already scaled, this rank's Generator) -> inputs.
+    augment: Callable[[np.ndarray, np.random.Generator], np.ndarray] | None = None
 
     @property
     def sample_shape(self) -> tuple:
