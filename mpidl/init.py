@@ -47,6 +47,12 @@ def xavier_normal(rng, shape):
     return rng.normal(0.0, np.sqrt(2.0 / (fan_in + fan_out)), size=shape)
 
 
+def uniform(bound: float):
+    def init(rng, shape):
+        return rng.uniform(-bound, bound, size=shape)
+    return init
+
+
 def normal(std: float):
     def init(rng, shape):
         return rng.normal(0.0, std, size=shape)

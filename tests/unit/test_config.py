@@ -1,0 +1,45 @@
+import pytest
+
+from mpidl.config import parse_config
+from mpidl.errors import ConfigError
+
+
+def test_model_recipe_then_file_then_flags(tmp_path):
+    cfg = parse_config([])
+    assert (cfg.model, cfg.dataset, cfg.optimizer, cfg.batch_size) == ("mlp", "digits", "adam", 64)
+    f = tmp_path / "run.toml"
+    f.write_text('model = "logreg"\nbatch_size = 32\nlr = 0.5\nhidden = [32, 16]\n"weight-decay" = 0.001\n')
+    cfg = parse_config(["--config", str(f), "--lr", "0.25"])
+    assert cfg.model == "logreg" and cfg.batch_size == 32 and cfg.lr == 0.25
+    assert cfg.weight_decay == 0.001 and cfg.hidden_sizes() == (32, 16)
+    assert cfg.optimizer == "sgd"  # logreg's recipe
+
+
+@pytest.mark.parametrize("text,message", [
+    ("batchsize = 3", "unknown key 'batchsize'"),
+    ("batch_size = 'big'", "batch_size = 'big' should be of type int"),
+    ("lr = true", "should be of type float"),
+    ("model = 'resnet'", "choose from"),
+    ("lr = -1.0", "--lr -1.0: must be positive"),
+    ("batch_size = 0", "--batch-size 0: must be at least 1"),
+    ("lr = [", "not valid TOML"),
+])
+def test_bad_config_files(tmp_path, text, message):
+    f = tmp_path / "bad.toml"
+    f.write_text(text + "\n")
+    with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("(", r"\(")):
+        parse_config(["--config", str(f)])
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--epochs", "0"], "must be at least 1"),
+    (["--momentum", "1.5"], "must be in"),
+    (["--lr", "abc"], "invalid float value"),
+    (["--nesterov", "--optimizer", "adam"], "needs --optimizer sgd"),
+    (["--hidden", "64,x"], "comma-separated integers"),
+    (["--bogus"], "unrecognized arguments"),
+    (["--config", "/nonexistent.toml"], "No such file"),
+])
+def test_bad_flags(argv, message):
+    with pytest.raises(ConfigError, match=message):
+        parse_config(argv)

@@ -1,0 +1,137 @@
+import gzip
+import struct
+
+import numpy as np
+import pytest
+
+from mpidl.data.datasets import load_dataset, load_digits
+from mpidl.data.idx import parse_idx, read_idx
+from mpidl.data.loader import ShardedSampler, eval_shard
+from mpidl.errors import DataError
+
+
+@pytest.mark.parametrize("size", [1, 2, 3, 4, 7])
+@pytest.mark.parametrize("n,batch", [(100, 10), (101, 10), (9, 9), (50, 7), (13, 5)])
+@pytest.mark.parametrize("drop_last", [True, False])
+def test_every_rank_takes_the_same_number_of_steps_and_shares_cover_the_batch(size, n, batch, drop_last):
+    samplers = [ShardedSampler(n, batch, r, size, seed=3, drop_last=drop_last) for r in range(size)]
+    epochs = [list(s.epoch(1)) for s in samplers]
+    assert len({len(e) for e in epochs}) == 1
+    assert len(epochs[0]) == (n // batch if drop_last else -(-n // batch))
+    seen = []
+    for steps in zip(*epochs):
+        together = np.concatenate([s.indices for s in steps])
+        assert len(together) == steps[0].global_count == len(set(together.tolist()))
+        assert max(len(s.indices) for s in steps) - min(len(s.indices) for s in steps) <= 1
+        assert sum(s.weight for s in steps) == pytest.approx(size)
+        seen.extend(together.tolist())
+    assert len(seen) == len(set(seen))
+    if not drop_last:
+        assert sorted(seen) == list(range(n))
+
+
+def test_reshuffle_per_epoch_from_shared_seed():
+    a, b = ShardedSampler(100, 10, 0, 1, seed=1), ShardedSampler(100, 10, 0, 1, seed=1)
+    assert np.array_equal(a.order(0), b.order(0))
+    assert not np.array_equal(a.order(0), a.order(1))
+    assert not np.array_equal(a.order(0), ShardedSampler(100, 10, 0, 1, seed=2).order(0))
+
+
+def test_resume_mid_epoch_gives_the_remaining_steps():
+    s = ShardedSampler(100, 10, 1, 2, seed=0)
+    full = list(s.epoch(2))
+    rest = list(s.epoch(2, start=4))
+    assert [x.index for x in rest] == list(range(4, 10))
+    assert all(np.array_equal(a.indices, b.indices) for a, b in zip(full[4:], rest))
+
+
+@pytest.mark.parametrize("size", [1, 2, 3, 4, 5])
+@pytest.mark.parametrize("n", [1, 3, 10, 360])
+def test_eval_shards_cover_each_sample_once(size, n):
+    parts = [eval_shard(n, r, size) for r in range(size)]
+    assert sorted(np.concatenate(parts).tolist()) == list(range(n))
+
+
+def test_builtin_digits():
+    ds = load_digits()
+    assert ds.x_train.shape == (1437, 1, 8, 8) and ds.x_val.shape == (360, 1, 8, 8)
+    assert set(np.unique(ds.y_train)) == set(range(10))
+    x = ds.inputs(ds.x_train[:5], np.float32)
+    assert x.dtype == np.float32 and 0 <= x.min() and x.max() <= 1
+
+
+def _idx_bytes(array, code=0x08):
+    header = bytes([0, 0, code, array.ndim]) + b"".join(struct.pack(">I", d) for d in array.shape)
+    return header + array.astype(array.dtype.newbyteorder(">")).tobytes()
+
+
+def _write_mnist(folder, n_train=12, n_test=5, gz=True, labels_train=None):
+    rng = np.random.default_rng(0)
+    files = {
+        "train-images-idx3-ubyte": rng.integers(0, 256, (n_train, 28, 28)).astype(np.uint8),
+        "train-labels-idx1-ubyte": (labels_train if labels_train is not None
+                                    else rng.integers(0, 10, n_train)).astype(np.uint8),
+        "t10k-images-idx3-ubyte": rng.integers(0, 256, (n_test, 28, 28)).astype(np.uint8),
+        "t10k-labels-idx1-ubyte": rng.integers(0, 10, n_test).astype(np.uint8),
+    }
+    for name, arr in files.items():
+        raw = _idx_bytes(arr)
+        if gz:
+            (folder / (name + ".gz")).write_bytes(gzip.compress(raw))
+        else:
+            (folder / name).write_bytes(raw)
+    return files
+
+
+@pytest.mark.parametrize("gz", [True, False])
+def test_idx_dataset_round_trip(tmp_path, gz):
+    files = _write_mnist(tmp_path, gz=gz)
+    ds = load_dataset("mnist", str(tmp_path))
+    np.testing.assert_array_equal(ds.x_train[:, 0], files["train-images-idx3-ubyte"])
+    np.testing.assert_array_equal(ds.y_val, files["t10k-labels-idx1-ubyte"])
+    assert ds.val_name == "test"
+
+
+def test_idx_other_types():
+    a = np.arange(6, dtype=np.float32).reshape(2, 3)
+    np.testing.assert_array_equal(parse_idx(_idx_bytes(a, 0x0D)), a)
+    b = np.array([-5, 7], dtype=np.int32)
+    np.testing.assert_array_equal(parse_idx(_idx_bytes(b, 0x0C)), b)
+
+
+@pytest.mark.parametrize("raw,message", [
+    (b"\x12\x34\x08\x01\x00\x00\x00\x01\x00", "not an IDX file"),
+    (b"\x00\x00\x08\x03\x00\x00", "truncated IDX header"),
+    (b"\x00\x00\x08\x01\x00\x00\x00\x05\x01\x02", "truncated"),
+    (b"\x00\x00\x08\x01\x00\x00\x00\x01\x01\x02", "trailing bytes"),
+    (b"\x00", "too short"),
+])
+def test_bad_idx_bytes_are_named_errors(raw, message):
+    with pytest.raises(DataError, match=message):
+        parse_idx(raw, "f.idx")
+
+
+def test_corrupt_gzip_and_missing_files(tmp_path):
+    _write_mnist(tmp_path)
+    path = tmp_path / "train-images-idx3-ubyte.gz"
+    blob = bytearray(path.read_bytes())
+    blob[len(blob) // 2] ^= 0xFF
+    path.write_bytes(bytes(blob[:-10]))
+    with pytest.raises(DataError, match="train-images-idx3-ubyte.gz"):
+        read_idx(str(path))
+    with pytest.raises(DataError, match="no such directory"):
+        load_dataset("mnist", str(tmp_path / "nope"))
+    (tmp_path / "t10k-labels-idx1-ubyte.gz").unlink()
+    path.write_bytes(gzip.compress(_idx_bytes(np.zeros((12, 28, 28), np.uint8))))
+    with pytest.raises(DataError, match="t10k-labels-idx1-ubyte"):
+        load_dataset("mnist", str(tmp_path))
+
+
+def test_label_count_mismatch_and_out_of_range_labels(tmp_path):
+    _write_mnist(tmp_path)
+    (tmp_path / "train-labels-idx1-ubyte.gz").write_bytes(gzip.compress(_idx_bytes(np.zeros(11, np.uint8))))
+    with pytest.raises(DataError, match="12 images but .* 11 labels"):
+        load_dataset("mnist", str(tmp_path))
+    _write_mnist(tmp_path, labels_train=np.full(12, 10))
+    with pytest.raises(DataError, match="outside the 10 classes"):
+        load_dataset("mnist", str(tmp_path))
