@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import os
 import sys
+import threading
+import time
 import traceback
+from contextlib import contextmanager
 
 import numpy as np
 
@@ -40,6 +43,16 @@ class Communicator:
         self.rank = mpi_comm.Get_rank()
         self.size = mpi_comm.Get_size()
         self._local_size = None
+        self.waiting_in = None   # (collective, monotonic start) while inside one; read by the watchdog
+        self.context = ""        # where training is, e.g. "step 120", for the watchdog's message
+
+    @contextmanager
+    def _watch(self, name):
+        self.waiting_in = (name, time.monotonic())
+        try:
+            yield
+        finally:
+            self.waiting_in = None
 
     # -- topology -----------------------------------------------------------------
     @property
@@ -59,27 +72,32 @@ class Communicator:
     def allreduce_sum_(self, buf: np.ndarray) -> np.ndarray:
         """In-place sum over ranks."""
         if self.size > 1:
-            self._comm.Allreduce(self._MPI.IN_PLACE, buf, op=self._MPI.SUM)
+            with self._watch("Allreduce(sum)"):
+                self._comm.Allreduce(self._MPI.IN_PLACE, buf, op=self._MPI.SUM)
         return buf
 
     def allreduce_mean_(self, buf: np.ndarray) -> np.ndarray:
         """In-place mean over ranks: one Allreduce of the whole buffer, then a division
         (correctly rounded, unlike a multiply by a rounded 1/size)."""
         if self.size > 1:
-            self._comm.Allreduce(self._MPI.IN_PLACE, buf, op=self._MPI.SUM)
+            with self._watch("Allreduce(gradients)"):
+                self._comm.Allreduce(self._MPI.IN_PLACE, buf, op=self._MPI.SUM)
             buf /= self.size
         return buf
 
     def allreduce_min_max(self, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        lo, hi = values.copy(), values.copy()
+        """Element-wise minimum and maximum over ranks, in ONE Allreduce(MIN) of [v, -v]."""
+        both = np.concatenate([values, -values])
         if self.size > 1:
-            self._comm.Allreduce(self._MPI.IN_PLACE, lo, op=self._MPI.MIN)
-            self._comm.Allreduce(self._MPI.IN_PLACE, hi, op=self._MPI.MAX)
-        return lo, hi
+            with self._watch("Allreduce(min/max)"):
+                self._comm.Allreduce(self._MPI.IN_PLACE, both, op=self._MPI.MIN)
+        n = len(values)
+        return both[:n], -both[n:]
 
     def bcast_(self, buf: np.ndarray, root: int = 0) -> np.ndarray:
         if self.size > 1:
-            self._comm.Bcast(buf, root=root)
+            with self._watch("Bcast"):
+                self._comm.Bcast(buf, root=root)
         return buf
 
     def allgather_bytes(self, payload: bytes, width: int = 64) -> list[bytes]:
@@ -118,7 +136,8 @@ class Communicator:
     def any_true(self, value: bool) -> bool:
         flag = np.array([1 if value else 0], dtype=np.int32)
         if self.size > 1:
-            self._comm.Allreduce(self._MPI.IN_PLACE, flag, op=self._MPI.MAX)
+            with self._watch("Allreduce(flag)"):
+                self._comm.Allreduce(self._MPI.IN_PLACE, flag, op=self._MPI.MAX)
         return bool(flag[0])
 
     def abort(self, code: int = 1) -> None:
@@ -135,6 +154,7 @@ class SerialComm(Communicator):
 
     def __init__(self):  # noqa: D401 - no MPI at all
         self.rank, self.size, self._local_size = 0, 1, 1
+        self.waiting_in, self.context = None, ""
 
     @property
     def library(self) -> str:
@@ -202,6 +222,29 @@ def world() -> Communicator:
         return _WORLD
     _WORLD = Communicator(MPI.COMM_WORLD, MPI)
     return _WORLD
+
+
+def start_watchdog(comm: Communicator, timeout: float) -> threading.Thread | None:
+    """A daemon thread that aborts the job when this rank has waited in one collective for more
+    than `timeout` seconds (a peer died or hangs), naming the collective and the step."""
+    if comm.size == 1 or not timeout or timeout <= 0:
+        return None
+
+    def watch():
+        while True:
+            time.sleep(min(1.0, timeout / 4))
+            current = comm.waiting_in
+            if current is not None and time.monotonic() - current[1] > timeout:
+                name, started = current
+                where = f" at {comm.context}" if comm.context else ""
+                sys.stderr.write(f"[rank {comm.rank}] mpidl: waited {time.monotonic() - started:.0f} s in "
+                                 f"{name}{where} (--collective-timeout {timeout:g}); another rank has died "
+                                 f"or hangs. Aborting all {comm.size} ranks.\n")
+                comm.abort(4)
+
+    thread = threading.Thread(target=watch, name="mpidl-watchdog", daemon=True)
+    thread.start()
+    return thread
 
 
 def install_abort_on_exception(comm: Communicator) -> None:

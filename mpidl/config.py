@@ -58,6 +58,14 @@ class RunConfig:
                       choices=("float32", "float64"))
     # machine
     threads: int | None = _opt(UNSET, "BLAS threads per rank (default: cores / ranks on this node)")
+    # failures (see "Failure behaviour" in the README)
+    collective_timeout: float = _opt(300.0, "abort the job if a rank waits this many seconds in one "
+                                     "collective (a peer died or hangs); 0 disables")
+    check_every: int = _opt(100, "compare a checksum of the weights across ranks every N steps; 0 disables")
+    on_drift: str = _opt("repair", "when replicas differ: repair (copy rank 0's weights and optimiser "
+                         "state) or abort", choices=("repair", "abort"))
+    on_nonfinite: str = _opt("skip", "when the averaged gradient holds NaN/inf: skip the update (counted) "
+                             "or abort", choices=("skip", "abort"))
     # output
     out: str | None = _opt(UNSET, "output folder (default runs/MODEL-DATASET-TIME)")
     eval_batch_size: int = _opt(1000, "samples per evaluation batch on each rank")
@@ -199,6 +207,8 @@ def validate(cfg: RunConfig) -> None:
     need(0 < cfg.lr_gamma <= 1, "lr_gamma", "must be in (0, 1]")
     need(cfg.threads is None or cfg.threads >= 1, "threads", "must be at least 1")
     need(cfg.eval_batch_size >= 1, "eval_batch_size", "must be at least 1")
+    need(cfg.collective_timeout >= 0, "collective_timeout", "must be non-negative")
+    need(cfg.check_every >= 0, "check_every", "must be non-negative")
     need(not cfg.nesterov or (cfg.optimizer == "sgd" and cfg.momentum > 0), "nesterov",
          "needs --optimizer sgd and --momentum > 0")
     cfg.hidden_sizes()

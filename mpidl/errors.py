@@ -11,3 +11,8 @@ class ConfigError(UserError):
 
 class DataError(UserError):
     pass
+
+
+class TrainingHalted(Exception):
+    """Every rank stops together at the same step (non-finite gradients, replica drift), by a
+    decision all ranks reach from the same data; rank 0 reports it, every rank exits 3."""

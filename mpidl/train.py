@@ -18,11 +18,12 @@ import sys
 import time
 
 from mpidl import __version__
-from mpidl.comm import install_abort_on_exception, launcher_rank, world
+from mpidl.comm import install_abort_on_exception, launcher_rank, start_watchdog, world
 from mpidl.config import parse_config
-from mpidl.errors import UserError
+from mpidl.errors import TrainingHalted, UserError
 
 EXIT_USAGE = 2
+EXIT_HALTED = 3
 
 
 def _fail(message: str, rank: int | None = None) -> None:
@@ -152,9 +153,14 @@ def main(argv=None) -> int:
               f"{trainer.schedule.lr:g}, {cfg.dtype}; output in {out_dir}", flush=True)
 
     reporter = Reporter(cfg, trainer, out_dir, enabled=lead)
+    start_watchdog(comm, cfg.collective_timeout)
     t0 = time.perf_counter()
     try:
         history = trainer.fit(on_step=reporter.step, on_epoch=reporter.epoch)
+    except TrainingHalted as exc:  # raised on every rank at the same step
+        if lead:
+            _fail(str(exc))
+        return EXIT_HALTED
     finally:
         reporter.close()
     wall = time.perf_counter() - t0
@@ -175,6 +181,8 @@ def main(argv=None) -> int:
             "wall_time": wall,
             "train_time": trainer.train_time,
             "samples_per_sec": trainer.samples_seen / max(trainer.train_time, 1e-9),
+            "skipped_steps": trainer.skipped_steps,
+            "drift_repairs": trainer.drift_repairs,
             "config": cfg.to_dict(),
         }
         with open(os.path.join(out_dir, "summary.json"), "w") as f:

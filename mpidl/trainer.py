@@ -7,6 +7,7 @@ optimiser step. Start-up compares config, parameter layout and dataset across ra
 
 from __future__ import annotations
 
+import hashlib
 import math
 import time
 from dataclasses import dataclass
@@ -16,7 +17,7 @@ import numpy as np
 from mpidl.comm import Communicator
 from mpidl.config import RunConfig
 from mpidl.data import ShardedSampler, eval_shard, load_dataset
-from mpidl.errors import ConfigError
+from mpidl.errors import ConfigError, TrainingHalted
 from mpidl.models import MODELS, Model
 from mpidl.optim import Schedule, make_optimizer
 
@@ -91,6 +92,9 @@ class Trainer:
         self.global_step = 0
         self.samples_seen = 0
         self.train_time = 0.0
+        self.skipped_steps = 0       # updates skipped for non-finite gradients
+        self.drift_repairs = 0
+        self.warn = print if comm.rank == 0 else (lambda *a, **k: None)
 
     # -- one step ------------------------------------------------------------------
     def train_step(self, step) -> float:
@@ -99,15 +103,53 @@ class Trainer:
         if self.data.augment is not None:
             x = self.data.augment(x, self.data_rng)
         y = self.data.y_train[step.indices]
+        self.comm.context = f"step {self.global_step + 1} (epoch {step.epoch + 1})"
         self.store.zero_grad()
         loss = 0.0
         if len(step.indices):
             loss = self.model.train_step_grads(x, y, weight=step.weight)
+            if not math.isfinite(loss):
+                self.store.grad[0] = np.nan  # travels through the Allreduce: every rank sees it
         self.comm.allreduce_mean_(self.store.grad)
-        self.optimizer.step(self.store.data, self.store.grad, self.schedule(self.global_step))
+        # The reduced gradient is identical on every rank, so this decision is too: no extra collective.
+        if np.isfinite(self.store.grad.sum()):
+            self.optimizer.step(self.store.data, self.store.grad, self.schedule(self.global_step))
+        else:
+            self._nonfinite(step)
         self.global_step += 1
         self.samples_seen += step.global_count
-        return loss * len(step.indices)
+        if self.cfg.check_every and self.global_step % self.cfg.check_every == 0:
+            self.check_replicas()
+        return loss * len(step.indices) if math.isfinite(loss) else 0.0
+
+    def _nonfinite(self, step):
+        where = f"step {self.global_step + 1} (epoch {step.epoch + 1})"
+        if self.cfg.on_nonfinite == "abort":
+            raise TrainingHalted(f"non-finite loss or gradient at {where}; --on-nonfinite abort. "
+                                 "Lower --lr, check the inputs, or use --on-nonfinite skip")
+        self.skipped_steps += 1
+        self.warn(f"warning: non-finite loss or gradient at {where}: update skipped "
+                  f"({self.skipped_steps} so far)", flush=True)
+
+    def check_replicas(self) -> bool:
+        """Compare a 62-bit hash of the weights across ranks with one small collective. On a
+        mismatch, repair from rank 0 (weights and optimiser state) or halt, as configured."""
+        digest = hashlib.blake2b(self.store.data.tobytes(), digest_size=8).digest()
+        h = float(int.from_bytes(digest, "little") >> 11)  # 53 bits: exact in a float64
+        lo, hi = self.comm.allreduce_min_max(np.array([h]))
+        if lo[0] == hi[0]:
+            return True
+        where = f"step {self.global_step}"
+        if self.cfg.on_drift == "abort":
+            raise TrainingHalted(f"replicas have drifted apart at {where} (weight checksums differ "
+                                 "between ranks); --on-drift abort")
+        self.comm.bcast_(self.store.data, root=0)
+        for value in self.optimizer.state_dict().values():
+            if isinstance(value, np.ndarray) and value.ndim == 1 and value.size == self.store.size:
+                self.comm.bcast_(value, root=0)
+        self.drift_repairs += 1
+        self.warn(f"warning: replicas had drifted apart at {where}; repaired from rank 0", flush=True)
+        return False
 
     # -- evaluation ----------------------------------------------------------------
     def evaluate(self) -> tuple[float, float | None]:

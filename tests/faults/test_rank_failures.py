@@ -1,0 +1,104 @@
+"""Failures of one rank end or heal the whole job; the figures in the README's
+"Failure behaviour" table come from these tests."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from support import REPO, child_env, mpiexec, run_mpi
+
+SCRIPT = os.path.join(REPO, "tests", "scripts", "faulty_train.py")
+BASE = ["--max-steps", "40", "--batch-size", "32", "--progress", "log"]
+
+
+def _faulty(n, fault, rank, step, *args, out, timeout=120):
+    t0 = time.perf_counter()
+    proc = run_mpi(n, [SCRIPT, fault, str(rank), str(step), *BASE, "--out", str(out), *args], timeout=timeout)
+    return proc, time.perf_counter() - t0
+
+
+def _summary(out):
+    with open(os.path.join(out, "summary.json")) as f:
+        return json.load(f)
+
+
+def test_nan_on_one_rank_every_rank_skips_the_same_update(tmp_path):
+    # --check-every 1 --on-drift abort: had any rank applied the update, the replicas would
+    # differ at the next check and the run would halt with status 3.
+    proc, _ = _faulty(4, "nan", 2, 7, "--check-every", "1", "--on-drift", "abort", out=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert _summary(tmp_path)["skipped_steps"] == 1
+    assert proc.stdout.count("non-finite loss or gradient at step 7") == 1
+
+
+def test_nan_with_abort_policy_stops_all_ranks_with_one_message(tmp_path):
+    proc, elapsed = _faulty(4, "nan", 1, 5, "--on-nonfinite", "abort", out=tmp_path)
+    assert proc.returncode == 3, proc.stderr[-3000:]
+    assert proc.stderr.count("non-finite loss or gradient at step 5") == 1
+    assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("policy,code", [("repair", 0), ("abort", 3)])
+def test_replica_drift_is_detected_at_the_next_check(tmp_path, policy, code):
+    proc, _ = _faulty(2, "drift", 1, 6, "--check-every", "4", "--on-drift", policy, out=tmp_path)
+    assert proc.returncode == code, proc.stderr[-3000:]
+    text = proc.stdout + proc.stderr
+    assert text.count("drifted apart at step 8") == 1
+    if policy == "repair":
+        assert _summary(tmp_path)["drift_repairs"] == 1
+
+
+def test_stalled_rank_trips_the_watchdog(tmp_path):
+    proc, elapsed = _faulty(2, "stall", 1, 3, "--collective-timeout", "3", out=tmp_path, timeout=60)
+    assert proc.returncode != 0
+    assert elapsed < 20, f"took {elapsed:.1f}s"
+    assert "[rank 0] mpidl: waited" in proc.stderr
+    assert "in Allreduce(gradients) at step 3" in proc.stderr
+
+
+def test_exception_mid_training_ends_every_rank_with_one_tagged_message(tmp_path):
+    proc, elapsed = _faulty(4, "raise", 2, 5, out=tmp_path)
+    assert proc.returncode != 0
+    assert elapsed < 20, f"took {elapsed:.1f}s"
+    assert proc.stderr.count("RuntimeError: injected failure at step 5") == 1
+    assert "[rank 2] RuntimeError: injected failure" in proc.stderr
+
+
+def test_sigkill_of_one_rank_ends_the_job(tmp_path):
+    marker = str(tmp_path / "killrun")
+    cmd = [mpiexec(), "-n", "3", sys.executable, "-m", "mpidl.train", "--max-steps", "100000",
+           "--batch-size", "30", "--progress", "none", "--out", marker]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=child_env(),
+                            cwd=REPO)
+    try:
+        pids = []
+        deadline = time.time() + 60
+        while len(pids) < 3 and time.time() < deadline:
+            time.sleep(0.5)
+            found = subprocess.run(["pgrep", "-f", f"mpidl.train.*{marker}"], capture_output=True, text=True)
+            pids = [int(p) for p in found.stdout.split() if int(p) != proc.pid]
+            pids = [p for p in pids if _is_python(p)]
+        assert len(pids) == 3, "ranks did not start"
+        time.sleep(2)  # mid-training
+        t0 = time.perf_counter()
+        os.kill(pids[-1], signal.SIGKILL)
+        proc.wait(timeout=60)
+        elapsed = time.perf_counter() - t0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode != 0
+    assert elapsed < 30, f"job took {elapsed:.1f}s to end after SIGKILL"
+
+
+def _is_python(pid):
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return b"python" in f.read().split(b"\0")[0]
+    except OSError:
+        return False
