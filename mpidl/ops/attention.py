@@ -9,6 +9,8 @@ attend, as PyTorch's boolean attn_mask does; it broadcasts to (batch, heads, tim
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from mpidl.ops.linear import linear_backward, linear_forward
@@ -21,7 +23,7 @@ def causal_mask(length):
 
 def sdpa_forward(q, k, v, mask=None):
     """softmax(q k^T / sqrt(d) + mask) v over the last two axes; q, k, v (..., time, d)."""
-    scale = 1.0 / np.sqrt(q.shape[-1])
+    scale = 1.0 / math.sqrt(q.shape[-1])  # a Python float keeps float32 arrays float32
     scores = (q @ np.swapaxes(k, -1, -2)) * scale
     if mask is not None:
         scores = np.where(mask, -np.inf, scores)
