@@ -7,6 +7,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 F = torch.nn.functional
+torch.set_num_threads(1)  # tiny tensors: threads only add overhead
 
 from mpidl.ops import attention as attn  # noqa: E402
 from mpidl.ops import recurrent as rec  # noqa: E402
