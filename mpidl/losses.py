@@ -50,9 +50,34 @@ def binary_cross_entropy_with_logits(logits, target):
     return float(loss), ((sig - t) / max(n, 1)).astype(logits.dtype, copy=False)
 
 
+def multiclass_hinge(scores, labels, margin=1.0):
+    """Weston-Watkins multiclass SVM loss: sum over wrong classes j of max(0, margin + s_j - s_y),
+    mean over samples (torch.nn.MultiMarginLoss averages over classes too: ours = its value x classes)."""
+    n = scores.shape[0]
+    rows = np.arange(n)
+    slack = margin + scores - scores[rows, labels][:, None]
+    slack[rows, labels] = 0
+    active = (slack > 0).astype(scores.dtype)
+    loss = (slack * active).sum() / max(n, 1)
+    dscores = active
+    dscores[rows, labels] = -active.sum(axis=1)
+    dscores /= max(n, 1)
+    return float(loss), dscores
+
+
+def gaussian_kl(mu, logvar):
+    """KL(N(mu, exp(logvar)) || N(0, I)) summed over latent units, mean over samples.
+    Returns (loss, dmu, dlogvar)."""
+    n = mu.shape[0]
+    var = np.exp(logvar)
+    loss = 0.5 * (mu * mu + var - 1 - logvar).sum() / max(n, 1)
+    return float(loss), mu / max(n, 1), 0.5 * (var - 1) / max(n, 1)
+
+
 BY_NAME = {
     "cross_entropy": softmax_cross_entropy,
     "mse": mse,
     "bce": binary_cross_entropy,
     "bce_logits": binary_cross_entropy_with_logits,
+    "hinge": multiclass_hinge,
 }

@@ -23,9 +23,15 @@ class ModelSpec:
     # "rng" (this rank's Generator for dropout/noise), "comm" (for synchronised layers).
     build: Callable
     loss: str                  # key of losses.BY_NAME
-    task: str                  # classification | binary | regression
+    task: str                  # classification | binary | regression | generative (any images, labels unused)
     defaults: dict = field(default_factory=dict)   # recipe: dataset, epochs, batch_size, optimizer, lr ...
     help: str = ""
+    # For losses that need the inputs or have several terms (the VAE):
+    # objective(net, out, x, y, weight) -> (loss, d loss/d out already times weight, {term: value}).
+    objective: Callable | None = None
+    terms: tuple = ()          # names of the terms the objective reports, summed in evaluation
+    # finish(model, dataset, out_dir) -> path written or None; rank 0 calls it after training.
+    finish: Callable | None = None
 
 
 def _flat_features(shape) -> int:
@@ -70,6 +76,12 @@ MODELS: dict[str, ModelSpec] = {
 }
 
 
+# The sequence, attention, generative and SVM models live in their own module.
+from mpidl.seqmodels import seq_models  # noqa: E402
+
+MODELS.update(seq_models(ModelSpec))
+
+
 class Model:
     """A network with its parameter store and loss: what the training loop talks to."""
 
@@ -82,6 +94,7 @@ class Model:
         self.net = self.spec.build(self.store, tuple(sample_shape), n_out, options or {})
         self.loss_fn = losses.BY_NAME[self.spec.loss]
         self.task = self.spec.task
+        self.term_names = tuple(self.spec.terms)
         # The input gradient of the first parameterised layer is never needed.
         for layer in self.net.layers:
             if hasattr(layer, "need_input_grad"):
@@ -97,16 +110,23 @@ class Model:
     def train_step_grads(self, x, y, weight: float = 1.0) -> float:
         """Forward, loss, backward: adds this batch's gradient (times `weight`) into the grad buffer."""
         out = self.net.forward(x, True)
-        loss, dout = self.loss_fn(out, y)
-        if weight != 1.0:
-            dout *= weight
+        if self.spec.objective is not None:
+            loss, dout, _ = self.spec.objective(self.net, out, x, y, weight)
+        else:
+            loss, dout = self.loss_fn(out, y)
+            if weight != 1.0:
+                dout *= weight
         self.net.backward(dout)
         return loss
 
-    def evaluate_sums(self, x, y) -> tuple[float, float]:
-        """(sum of per-sample losses, number correct) for this batch, in evaluation mode."""
+    def evaluate_sums(self, x, y) -> tuple[float, ...]:
+        """(sum of per-sample losses, number correct, *sums of the spec's terms) for this batch,
+        in evaluation mode."""
         out = self.net.forward(x, False)
         n = len(x)
+        if self.spec.objective is not None:
+            loss, _, terms = self.spec.objective(self.net, out, x, y, 1.0)
+            return (loss * n, float("nan"), *(terms[t] * n for t in self.term_names))
         loss, _ = self.loss_fn(out, y)
         if self.task == "classification":
             correct = float((out.argmax(axis=1) == y).sum())

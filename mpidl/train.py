@@ -104,6 +104,7 @@ class Reporter:
         acc = "" if m.val_accuracy is None else f"  {trainer.data.val_name}_acc {m.val_accuracy:.4f}"
         line = (f"epoch {m.epoch:3d}/{trainer.epochs}  step {m.step:6d}  train_loss {m.train_loss:.4f}  "
                 f"{trainer.data.val_name}_loss {m.val_loss:.4f}{acc}  {m.samples_per_sec:8.0f} samples/s")
+        line += "".join(f"  {name} {value:.4f}" for name, value in m.val_terms.items())
         if self.bar is not None:
             self.bar.set_postfix(loss=f"{m.train_loss:.3f}", acc="-" if m.val_accuracy is None
                                  else f"{m.val_accuracy:.3f}")
@@ -178,6 +179,7 @@ def main(argv=None) -> int:
             "val_loss": last.val_loss,
             "val_accuracy": last.val_accuracy,
             "val_split": trainer.data.val_name,
+            "val_terms": last.val_terms,
             "wall_time": wall,
             "train_time": trainer.train_time,
             "samples_per_sec": trainer.samples_seen / max(trainer.train_time, 1e-9),
@@ -188,6 +190,10 @@ def main(argv=None) -> int:
         with open(os.path.join(out_dir, "summary.json"), "w") as f:
             json.dump(summary, f, indent=2)
         save_weights(os.path.join(out_dir, "weights.npz"), trainer.store)
+        if trainer.model.spec.finish is not None:  # model-specific outputs (the VAE's PNG)
+            written = trainer.model.spec.finish(trainer.model, trainer.data, out_dir)
+            print(f"wrote {written}" if written else f"{cfg.model}: extra outputs skipped "
+                  "(pip install 'mpidl[plot]' for matplotlib)", flush=True)
         acc = "" if last.val_accuracy is None else f"{trainer.data.val_name} accuracy {last.val_accuracy:.4f}, "
         print(f"done: {acc}{trainer.data.val_name} loss {last.val_loss:.4f}, {trainer.global_step} steps in "
               f"{wall:.1f} s, {summary['samples_per_sec']:.0f} samples/s on {comm.size} rank(s); "

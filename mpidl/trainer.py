@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -32,6 +32,7 @@ class EpochMetrics:
     samples_per_sec: float
     wall_time: float
     lr: float
+    val_terms: dict = field(default_factory=dict)  # a multi-term loss's parts (VAE: recon_bce, kl)
 
     def to_dict(self) -> dict:
         return dict(self.__dict__)
@@ -43,7 +44,7 @@ class Trainer:
         self.dtype = np.dtype(cfg.dtype)
         spec = MODELS[cfg.model]
         self.data = load_dataset(cfg.dataset, cfg.data_dir)
-        if spec.task != self.data.task:
+        if spec.task != self.data.task and spec.task != "generative":
             raise ConfigError(f"--model {cfg.model} ({spec.task}) cannot train on --dataset {cfg.dataset} "
                               f"({self.data.task})")
         n_train = len(self.data.x_train)
@@ -155,15 +156,17 @@ class Trainer:
     def evaluate(self) -> tuple[float, float | None]:
         """Loss and accuracy over the whole validation set: every sample counted exactly once."""
         mine = eval_shard(len(self.data.x_val), self.comm.rank, self.comm.size)
-        sums = np.zeros(3)  # loss sum, correct, count
+        terms = self.model.term_names
+        sums = np.zeros(3 + len(terms))  # loss sum, correct, count, term sums
         for start in range(0, len(mine), self.cfg.eval_batch_size):
             idx = mine[start:start + self.cfg.eval_batch_size]
             x = self.data.inputs(self.data.x_val[idx], self.dtype)
-            loss_sum, correct = self.model.evaluate_sums(x, self.data.y_val[idx])
-            sums += (loss_sum, correct, len(idx))
+            loss_sum, correct, *term_sums = self.model.evaluate_sums(x, self.data.y_val[idx])
+            sums += (loss_sum, correct, len(idx), *term_sums)
         self.comm.allreduce_sum_(sums)
-        loss, correct, count = sums
-        accuracy = None if self.model.task == "regression" else correct / count
+        loss, correct, count = sums[:3]
+        self.val_terms = {name: float(s / count) for name, s in zip(terms, sums[3:])}
+        accuracy = None if self.model.task in ("regression", "generative") else correct / count
         return loss / count, accuracy
 
     # -- the loop ------------------------------------------------------------------
@@ -190,7 +193,7 @@ class Trainer:
                 val_loss=float(val_loss), val_accuracy=None if val_acc is None else float(val_acc),
                 samples_per_sec=(self.samples_seen - seen0) / max(elapsed, 1e-9),
                 wall_time=time.perf_counter() - start_time,
-                lr=float(self.schedule(max(self.global_step - 1, 0))))
+                lr=float(self.schedule(max(self.global_step - 1, 0))), val_terms=self.val_terms)
             history.append(metrics)
             if on_epoch is not None:
                 on_epoch(self, metrics)

@@ -6,7 +6,8 @@ import numpy as np
 
 
 def linear_forward(x, W, b=None):
-    y = x @ W.T
+    # One 2-D GEMM over all leading axes: matmul on a 3-D x runs one small GEMM per sample.
+    y = (x.reshape(-1, x.shape[-1]) @ W.T).reshape(*x.shape[:-1], W.shape[0])
     if b is not None:
         y += b
     return y, (x, W)
@@ -19,5 +20,5 @@ def linear_backward(dy, cache, need_dx=True):
     dy2 = dy.reshape(-1, dy.shape[-1])
     dW = dy2.T @ x2
     db = dy2.sum(axis=0)
-    dx = dy @ W if need_dx else None
+    dx = (dy2 @ W).reshape(x.shape) if need_dx else None
     return dx, dW, db
