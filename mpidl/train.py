@@ -150,6 +150,8 @@ def main(argv=None) -> int:
               f"{comm.size} rank(s) x {threads} BLAS thread(s), global batch {cfg.batch_size}, "
               f"{trainer.epochs} epoch(s) = {trainer.total_steps} steps, {cfg.optimizer} lr "
               f"{trainer.schedule.lr:g}, {cfg.dtype}; output in {out_dir}", flush=True)
+        print(f"communication: {trainer.sync.describe()}; optimiser state "
+              f"{trainer.optimizer_state_bytes / 2**20:.2f} MiB per rank", flush=True)
 
     reporter = Reporter(cfg, trainer, out_dir, enabled=lead)
     t0 = time.perf_counter()
@@ -175,6 +177,8 @@ def main(argv=None) -> int:
             "wall_time": wall,
             "train_time": trainer.train_time,
             "samples_per_sec": trainer.samples_seen / max(trainer.train_time, 1e-9),
+            "communication": trainer.sync.describe(),
+            "optimizer_state_bytes_per_rank": trainer.optimizer_state_bytes,
             "config": cfg.to_dict(),
         }
         with open(os.path.join(out_dir, "summary.json"), "w") as f:

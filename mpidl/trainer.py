@@ -19,6 +19,7 @@ from mpidl.data import ShardedSampler, eval_shard, load_dataset
 from mpidl.errors import ConfigError
 from mpidl.models import MODELS, Model
 from mpidl.optim import Schedule, make_optimizer
+from mpidl.reducer import make_gradient_sync, optimizer_state_bytes
 
 
 @dataclass
@@ -59,7 +60,7 @@ class Trainer:
         self.data_rng = np.random.default_rng([cfg.seed, comm.rank, 2])
         self.model = Model(cfg.model, self.data.sample_shape, self.data.num_classes,
                            {"hidden": cfg.hidden_sizes(), "rng": self.model_rng, "comm": comm})
-        self.model.allocate(self.dtype, cfg.seed)
+        self.model.allocate(self.dtype, cfg.seed, pad_to=comm.size if cfg.zero else 1)
         self.store = self.model.store
 
         # A mismatch here would otherwise surface as a hang or a silent divergence.
@@ -85,9 +86,13 @@ class Trainer:
             warmup = round(0.05 * self.total_steps) if cfg.lr_scaling == "linear" else 0
         self.schedule = Schedule(lr, cfg.schedule, total_steps=self.total_steps, warmup_steps=warmup,
                                  step_size=cfg.lr_step or max(self.total_steps // 3, 1), gamma=cfg.lr_gamma)
-        self.optimizer = make_optimizer(cfg.optimizer, self.store.data, self.store.decay_mask(),
+        # How gradients are combined (mpidl.reducer); with ZeRO the optimiser sees only this rank's shard.
+        self.sync = make_gradient_sync(cfg, comm, self.model)
+        opt_data, opt_mask = self.sync.optimizer_target()
+        self.optimizer = make_optimizer(cfg.optimizer, opt_data, opt_mask,
                                         weight_decay=cfg.weight_decay, momentum=cfg.momentum,
                                         nesterov=cfg.nesterov)
+        self.optimizer_state_bytes = optimizer_state_bytes(self.optimizer)
         self.global_step = 0
         self.samples_seen = 0
         self.train_time = 0.0
@@ -100,14 +105,25 @@ class Trainer:
             x = self.data.augment(x, self.data_rng)
         y = self.data.y_train[step.indices]
         self.store.zero_grad()
-        loss = 0.0
-        if len(step.indices):
-            loss = self.model.train_step_grads(x, y, weight=step.weight)
-        self.comm.allreduce_mean_(self.store.grad)
-        self.optimizer.step(self.store.data, self.store.grad, self.schedule(self.global_step))
+        n = len(step.indices)
+        loss_sum = 0.0
+        # --accumulate: this rank's share in micro-batches, each weighted by its size, so the
+        # summed gradient is the whole share's mean gradient; one reduction per step.
+        parts = [p for p in np.array_split(np.arange(n), self.cfg.accumulate) if len(p)]
+        for i, part in enumerate(parts):
+            if i == len(parts) - 1:
+                self.sync.arm()
+            whole = len(part) == n
+            loss = self.model.train_step_grads(x if whole else x[part], y if whole else y[part],
+                                               weight=step.weight * len(part) / n)
+            loss_sum += loss * len(part)
+        self.sync.finish()
+        data, grad = self.sync.update_arrays()
+        self.optimizer.step(data, grad, self.schedule(self.global_step))
+        self.sync.after_update()
         self.global_step += 1
         self.samples_seen += step.global_count
-        return loss * len(step.indices)
+        return loss_sum
 
     # -- evaluation ----------------------------------------------------------------
     def evaluate(self) -> tuple[float, float | None]:
