@@ -179,7 +179,9 @@ class BucketSync(GradientSync):
         self.ready_after = self._ready_frontiers(net, store) if bucket_bytes else None
         self.words = np.zeros(store.size, dtype=np.uint16) if codec else None
         self.fallbacks = 0          # buckets whose 16-bit sum overflowed and were redone in full precision
-        self.launch_log: list[int] = []   # bucket indices in the order the last step started them
+        self.launch_log: list[int] = []   # bucket indices in the order this step started them
+        self.last_order: list[int] = []   # ... and the last finished step
+        self.last_started_early = 0       # buckets of the last step started during backward
         self._next = 0
         self._requests: list = []
         self._armed = False
@@ -261,6 +263,7 @@ class BucketSync(GradientSync):
         if self._armed:
             self.net.backward_hook = None
             self._armed = False
+        started_early = len(self.launch_log)
         # Buckets not started yet (no overlap, or layers without input gradient) go now,
         # blocking: nothing is left to overlap with.
         while self._next < len(self.buckets):
@@ -282,6 +285,7 @@ class BucketSync(GradientSync):
         self._next = 0
         self._complete()
         self.last_order, self.launch_log = self.launch_log, []
+        self.last_started_early = started_early
 
     def _complete(self) -> None:
         grad = self.store.grad
