@@ -31,6 +31,12 @@ def launcher_rank() -> int:
     return 0
 
 
+def ranks_per_node_from_env() -> int | None:
+    """MPIDL_RANKS_PER_NODE: group consecutive ranks into 'nodes' of this size (tests, benchmarks)."""
+    env = os.environ.get("MPIDL_RANKS_PER_NODE", "")
+    return int(env) if env.isdigit() and int(env) > 0 else None
+
+
 class Communicator:
     """Wraps an mpi4py communicator with the handful of collectives training needs."""
 
@@ -131,8 +137,7 @@ class Communicator:
         environment variable MPIDL_RANKS_PER_NODE) instead groups consecutive ranks, which
         lets one machine stand in for several nodes in tests and benchmarks."""
         if ranks_per_node is None:
-            env = os.environ.get("MPIDL_RANKS_PER_NODE", "")
-            ranks_per_node = int(env) if env.isdigit() and int(env) > 0 else None
+            ranks_per_node = ranks_per_node_from_env()
         key = ranks_per_node or 0
         cache = self.__dict__.setdefault("_node_groups", {})
         if key not in cache:

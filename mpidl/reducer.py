@@ -80,7 +80,8 @@ class GradientSync:
 class HierarchicalSync(GradientSync):
     def __init__(self, comm, store, ranks_per_node: int | None = None):
         super().__init__(comm, store)
-        self.ranks_per_node = ranks_per_node
+        from mpidl.comm import ranks_per_node_from_env  # no MPI: reads the environment once
+        self.ranks_per_node = ranks_per_node or ranks_per_node_from_env()
         if comm.size > 1:
             node, leaders = comm.node_groups(ranks_per_node)
             self.node_size = node.Get_size()
