@@ -89,6 +89,10 @@ class Communicator:
             self._comm.Allreduce(self._MPI.IN_PLACE, buf, op=self._sum_op(codec))
         return buf
 
+    def thread_can_communicate(self) -> bool:
+        """Whether a second thread may make MPI calls (while this one makes none)."""
+        return self._MPI.Query_thread() >= self._MPI.THREAD_SERIALIZED
+
     def test_all(self, requests) -> bool:
         """Lets MPI progress pending requests (MPICH moves a non-blocking collective
         forward only inside MPI calls); True once all are complete."""
@@ -245,6 +249,9 @@ class SerialComm(Communicator):
 
     def test_all(self, requests):
         return True
+
+    def thread_can_communicate(self):
+        return False
 
     def wait_all(self, requests):
         pass

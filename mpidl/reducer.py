@@ -186,7 +186,8 @@ class BucketSync(GradientSync):
         self._next = 0
         self._requests: list = []
         self._armed = False
-        if overlap == "thread" and self.ready_after is not None and comm.size > 1:
+        if (overlap == "thread" and self.ready_after is not None and comm.size > 1
+                and comm.thread_can_communicate()):
             self._queue: queue.Queue = queue.Queue()
             self._error = None
             self._worker = threading.Thread(target=self._serve, name="mpidl-allreduce", daemon=True)
