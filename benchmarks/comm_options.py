@@ -70,6 +70,54 @@ def bare_allreduce_ms(comm, nbytes, steps):
     return 1e3 * float(np.median(slowest))
 
 
+def overlap_probe(comm, mib=4.0, chunks=10, repeats=7):
+    """Does a non-blocking Allreduce progress while this rank computes? Times compute alone,
+    Allreduce alone, and both together three ways: Iallreduce then compute then Wait (no MPI
+    call in between), the same with Testall between compute chunks, and a blocking Allreduce
+    on a second thread. hidden = (compute + comm - together) / comm: 1 is full overlap."""
+    import threading
+    buf = np.ones(int(mib * 2 ** 20 / 4), dtype=np.float32)
+    a = np.random.default_rng(0).random((256, 256), dtype=np.float32)
+
+    def compute(test=None):
+        for _ in range(chunks):
+            for _ in range(4):
+                a @ a
+            if test is not None:
+                comm.test_all(test)
+
+    def timed(fn):
+        times = []
+        for _ in range(repeats):
+            comm.barrier()
+            t0 = comm.wtime()
+            fn()
+            times.append(comm.wtime() - t0)
+        _, slowest = comm.allreduce_min_max(np.array(times))
+        return float(np.median(slowest))
+
+    def nonblocking(test):
+        req = [comm.iallreduce_sum(buf)]
+        compute(req if test else None)
+        comm.wait_all(req)
+
+    def threaded():
+        worker = threading.Thread(target=comm.allreduce_sum_, args=(buf,))
+        worker.start()
+        compute()
+        worker.join()
+
+    t_compute = timed(compute)
+    t_comm = timed(lambda: comm.allreduce_sum_(buf))
+    out = dict(mib=mib, compute_ms=1e3 * t_compute, allreduce_ms=1e3 * t_comm)
+    for name, fn in (("iallreduce, no test", lambda: nonblocking(False)),
+                     ("iallreduce + testall", lambda: nonblocking(True)),
+                     ("thread", threaded)):
+        together = timed(fn)
+        out[name] = dict(total_ms=1e3 * together, hidden=(t_compute + t_comm - together) / max(t_comm, 1e-9))
+    return out
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--models", default=",".join(MODELS), help="comma-separated: " + ", ".join(MODELS))
@@ -90,6 +138,7 @@ def main(argv=None):
     # Every configuration reads the same arrays: load them once.
     trainer_module.load_dataset = functools.lru_cache(maxsize=None)(trainer_module.load_dataset)
     lead = comm.rank == 0
+    probe = overlap_probe(comm, repeats=2 if args.quick else 7) if comm.size > 1 else None
     results = []
     for model_name in args.models.split(","):
         hidden = MODELS[model_name]
@@ -143,11 +192,16 @@ def main(argv=None):
             print(f"| {r['model']} ({r['grad_mib']:.1f} MiB) | {r['option']} | {r['step_ms']:.2f} "
                   f"[{r['step_ms_q1']:.2f}-{r['step_ms_q3']:.2f}] | {vs} | {r['exposed_comm_ms']:.2f} | "
                   f"{r['bare_allreduce_ms']:.2f} | {r['optimizer_state_mib']:.2f} |")
+        if probe is not None:
+            print(f"\noverlap probe: {probe['mib']:.0f} MiB Allreduce {probe['allreduce_ms']:.2f} ms, compute "
+                  f"{probe['compute_ms']:.2f} ms alone; together (share of the Allreduce hidden):")
+            for key in ("iallreduce, no test", "iallreduce + testall", "thread"):
+                print(f"  {key:22s} {probe[key]['total_ms']:8.2f} ms  hidden {probe[key]['hidden']:+.2f}")
         os.makedirs(args.out, exist_ok=True)
         path = os.path.join(args.out, f"comm_options-{comm.size}.json")
         with open(path, "w") as f:
             json.dump(dict(ranks=comm.size, library=comm.library, time=time.strftime("%Y-%m-%d %H:%M:%S"),
-                           results=results), f, indent=1)
+                           overlap_probe=probe, results=results), f, indent=1)
         print(f"\nwrote {path}")
 
 
