@@ -34,6 +34,12 @@ def launcher_rank() -> int:
     return 0
 
 
+def ranks_per_node_from_env() -> int | None:
+    """MPIDL_RANKS_PER_NODE: group consecutive ranks into 'nodes' of this size (tests, benchmarks)."""
+    env = os.environ.get("MPIDL_RANKS_PER_NODE", "")
+    return int(env) if env.isdigit() and int(env) > 0 else None
+
+
 class Communicator:
     """Wraps an mpi4py communicator with the handful of collectives training needs."""
 
@@ -84,6 +90,97 @@ class Communicator:
                 self._comm.Allreduce(self._MPI.IN_PLACE, buf, op=self._MPI.SUM)
             buf /= self.size
         return buf
+
+    # -- gradient reduction: non-blocking, 16-bit, sharded, hierarchical --------------
+    def iallreduce_sum(self, buf: np.ndarray, codec: str | None = None):
+        """Start an in-place sum; returns a request for :meth:`test_all` / :meth:`wait_all`.
+        With `codec` ('fp16', 'bf16') `buf` holds uint16 words of that encoding, summed by
+        a user-defined operation that adds in float32 (see mpidl.compress)."""
+        return self._comm.Iallreduce(self._MPI.IN_PLACE, buf, op=self._sum_op(codec))
+
+    def allreduce_encoded_sum_(self, buf: np.ndarray, codec: str | None = None) -> np.ndarray:
+        """Blocking in-place sum, of plain numbers or of 16-bit `codec` words."""
+        if self.size > 1:
+            self._comm.Allreduce(self._MPI.IN_PLACE, buf, op=self._sum_op(codec))
+        return buf
+
+    def thread_can_communicate(self) -> bool:
+        """Whether a second thread may make MPI calls (while this one makes none)."""
+        return self._MPI.Query_thread() >= self._MPI.THREAD_SERIALIZED
+
+    def test_all(self, requests) -> bool:
+        """Lets MPI progress pending requests (MPICH moves a non-blocking collective
+        forward only inside MPI calls); True once all are complete."""
+        return bool(self._MPI.Request.Testall(requests)) if requests else True
+
+    def wait_all(self, requests) -> None:
+        if requests:
+            self._MPI.Request.Waitall(requests)
+
+    def reduce_scatter_sum(self, send: np.ndarray, shard: np.ndarray) -> np.ndarray:
+        """shard <- this rank's block of the sum over ranks of `send` (size x len(shard))."""
+        if self.size > 1:
+            self._comm.Reduce_scatter_block(send, shard, op=self._MPI.SUM)
+        else:
+            shard[...] = send
+        return shard
+
+    def allgather_blocks_(self, buf: np.ndarray) -> np.ndarray:
+        """In place: block r of `buf` (len(buf) / size elements) comes from rank r."""
+        if self.size > 1:
+            self._comm.Allgather(self._MPI.IN_PLACE, buf)
+        return buf
+
+    def hierarchical_allreduce_sum_(self, buf: np.ndarray, ranks_per_node: int | None = None) -> np.ndarray:
+        """In-place sum in three stages: Reduce to each node's leader over shared memory,
+        Allreduce among the leaders (the only traffic between nodes), Bcast in each node."""
+        if self.size == 1:
+            return buf
+        node, leaders = self.node_groups(ranks_per_node)
+        MPI = self._MPI
+        if node.Get_size() > 1:
+            if node.Get_rank() == 0:
+                node.Reduce(MPI.IN_PLACE, buf, op=MPI.SUM, root=0)
+            else:
+                node.Reduce(buf, None, op=MPI.SUM, root=0)
+        if leaders is not None and leaders.Get_size() > 1:
+            leaders.Allreduce(MPI.IN_PLACE, buf, op=MPI.SUM)
+        if node.Get_size() > 1:
+            node.Bcast(buf, root=0)
+        return buf
+
+    def node_groups(self, ranks_per_node: int | None = None):
+        """(communicator of this node's ranks, communicator of node leaders or None).
+
+        Nodes come from MPI_Comm_split_type(COMM_TYPE_SHARED); `ranks_per_node` (or the
+        environment variable MPIDL_RANKS_PER_NODE) instead groups consecutive ranks, which
+        lets one machine stand in for several nodes in tests and benchmarks."""
+        if ranks_per_node is None:
+            ranks_per_node = ranks_per_node_from_env()
+        key = ranks_per_node or 0
+        cache = self.__dict__.setdefault("_node_groups", {})
+        if key not in cache:
+            MPI = self._MPI
+            if ranks_per_node:
+                node = self._comm.Split(color=self.rank // ranks_per_node, key=self.rank)
+            else:
+                node = self._comm.Split_type(MPI.COMM_TYPE_SHARED, key=self.rank)
+            leaders = self._comm.Split(color=0 if node.Get_rank() == 0 else MPI.UNDEFINED, key=self.rank)
+            cache[key] = (node, None if leaders == MPI.COMM_NULL else leaders)
+        return cache[key]
+
+    def _sum_op(self, codec):
+        if codec is None:
+            return self._MPI.SUM
+        ops = self.__dict__.setdefault("_codec_ops", {})
+        if codec not in ops:
+            from mpidl.compress import add_encoded
+
+            def combine(incoming, inout, datatype, codec=codec):
+                add_encoded(codec, np.frombuffer(incoming, dtype=np.uint16), np.frombuffer(inout, dtype=np.uint16))
+
+            ops[codec] = self._MPI.Op.Create(combine, commute=True)
+        return ops[codec]
 
     def allreduce_min_max(self, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Element-wise minimum and maximum over ranks, in ONE Allreduce(MIN) of [v, -v]."""
@@ -162,6 +259,32 @@ class SerialComm(Communicator):
 
     def allreduce_min_max(self, values):
         return values.copy(), values.copy()
+
+    # A world of one: every reduction is already complete.
+    def iallreduce_sum(self, buf, codec=None):
+        return None
+
+    def allreduce_encoded_sum_(self, buf, codec=None):
+        return buf
+
+    def test_all(self, requests):
+        return True
+
+    def thread_can_communicate(self):
+        return False
+
+    def wait_all(self, requests):
+        pass
+
+    def reduce_scatter_sum(self, send, shard):
+        shard[...] = send
+        return shard
+
+    def allgather_blocks_(self, buf):
+        return buf
+
+    def hierarchical_allreduce_sum_(self, buf, ranks_per_node=None):
+        return buf
 
     def allgather_bytes(self, payload, width=64):
         send = np.zeros(width, dtype=np.uint8)

@@ -71,6 +71,19 @@ class RunConfig:
     eval_batch_size: int = _opt(1000, "samples per evaluation batch on each rank")
     progress: str = _opt("auto", "progress display on rank 0: auto (bar on a terminal), bar, log, none",
                          choices=("auto", "bar", "log", "none"))
+    # communication (mpidl.reducer)
+    bucket_mb: float = _opt(0.0, "reduce gradients in buckets of this many MiB, each started while backward "
+                                 "still runs (0: one Allreduce after backward)")
+    overlap: str = _opt("test", "what moves bucket reductions forward during backward: 'test' (MPI_Testall "
+                                "between layers) or 'thread' (a communication thread)", choices=("test", "thread"))
+    accumulate: int = _opt(1, "micro-batches per optimiser step: the global batch is split into this many, "
+                              "gradients reduced once per step")
+    grad_compression: str = _opt("none", "send gradients as 16-bit floats (fp16, or bf16 emulated), summed in "
+                                         "float32", choices=("none", "fp16", "bf16"))
+    zero: int = _opt(0, "1: ZeRO stage 1, optimiser state sharded across ranks (Reduce_scatter + Allgather)",
+                     choices=(0, 1))
+    allreduce: str = _opt("flat", "'hierarchical': Reduce in each node, Allreduce among node leaders, Bcast",
+                          choices=("flat", "hierarchical"))
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -211,4 +224,10 @@ def validate(cfg: RunConfig) -> None:
     need(cfg.check_every >= 0, "check_every", "must be non-negative")
     need(not cfg.nesterov or (cfg.optimizer == "sgd" and cfg.momentum > 0), "nesterov",
          "needs --optimizer sgd and --momentum > 0")
+    need(cfg.bucket_mb >= 0, "bucket_mb", "must be non-negative")
+    need(cfg.accumulate >= 1, "accumulate", "must be at least 1")
+    need(not cfg.zero or (cfg.bucket_mb == 0 and cfg.grad_compression == "none" and cfg.allreduce == "flat"),
+         "zero", "does not combine with --bucket-mb, --grad-compression or --allreduce hierarchical")
+    need(cfg.allreduce == "flat" or (cfg.bucket_mb == 0 and cfg.grad_compression == "none"), "allreduce",
+         "hierarchical does not combine with --bucket-mb or --grad-compression")
     cfg.hidden_sizes()

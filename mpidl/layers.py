@@ -91,6 +91,10 @@ class Flatten(Layer):
 
 
 class Sequential(Layer):
+    # Called as backward_hook(i) right after layers[i].backward, so that gradient
+    # reduction can start on the layers already done (mpidl.reducer); None when unused.
+    backward_hook = None
+
     def __init__(self, *layers: Layer):
         self.layers = list(layers)
 
@@ -100,8 +104,11 @@ class Sequential(Layer):
         return x
 
     def backward(self, dy):
-        for layer in reversed(self.layers):
-            dy = layer.backward(dy)
+        hook = self.backward_hook
+        for i in range(len(self.layers) - 1, -1, -1):
+            dy = self.layers[i].backward(dy)
+            if hook is not None:
+                hook(i)
             if dy is None:  # the layers below need no input gradient
                 break
         return dy

@@ -101,8 +101,8 @@ class Model:
                 layer.need_input_grad = False
                 break
 
-    def allocate(self, dtype, seed: int) -> None:
-        self.store.allocate(dtype, np.random.default_rng(seed))
+    def allocate(self, dtype, seed: int, pad_to: int = 1) -> None:
+        self.store.allocate(dtype, np.random.default_rng(seed), pad_to=pad_to)
 
     def forward(self, x, train: bool = True):
         return self.net.forward(x, train)

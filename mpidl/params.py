@@ -40,6 +40,8 @@ class ParamStore:
         self._names: set[str] = set()
         self.data: np.ndarray | None = None
         self.grad: np.ndarray | None = None
+        self.padded_data: np.ndarray | None = None
+        self.padded_grad: np.ndarray | None = None
 
     def add(self, name: str, shape, init: Initializer, decay: bool = True) -> Param:
         if self.data is not None:
@@ -55,11 +57,18 @@ class ParamStore:
     def size(self) -> int:
         return sum(p.size for p in self.params)
 
-    def allocate(self, dtype=np.float32, rng: np.random.Generator | None = None) -> None:
-        """Create the flat buffers, point every parameter at its views, run the initialisers."""
+    def allocate(self, dtype=np.float32, rng: np.random.Generator | None = None, pad_to: int = 1) -> None:
+        """Create the flat buffers, point every parameter at its views, run the initialisers.
+
+        With pad_to > 1 the buffers underneath (``padded_data``, ``padded_grad``) are rounded up
+        to a multiple of it with zeros, so they cut into equal shards (ZeRO); ``data`` and
+        ``grad`` stay the exact-size views."""
         rng = rng if rng is not None else np.random.default_rng(0)
-        self.data = np.zeros(self.size, dtype=dtype)
-        self.grad = np.zeros(self.size, dtype=dtype)
+        padded = -(-self.size // pad_to) * pad_to
+        self.padded_data = np.zeros(padded, dtype=dtype)
+        self.padded_grad = np.zeros(padded, dtype=dtype)
+        self.data = self.padded_data[:self.size]
+        self.grad = self.padded_grad[:self.size]
         offset = 0
         for p in self.params:
             p.offset = offset

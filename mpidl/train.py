@@ -152,6 +152,8 @@ def main(argv=None) -> int:
               f"{comm.size} rank(s) x {threads} BLAS thread(s), global batch {cfg.batch_size}, "
               f"{trainer.epochs} epoch(s) = {trainer.total_steps} steps, {cfg.optimizer} lr "
               f"{trainer.schedule.lr:g}, {cfg.dtype}; output in {out_dir}", flush=True)
+        print(f"communication: {trainer.sync.describe()}; optimiser state "
+              f"{trainer.optimizer_state_bytes / 2**20:.2f} MiB per rank", flush=True)
 
     reporter = Reporter(cfg, trainer, out_dir, enabled=lead)
     start_watchdog(comm, cfg.collective_timeout)
@@ -185,6 +187,8 @@ def main(argv=None) -> int:
             "samples_per_sec": trainer.samples_seen / max(trainer.train_time, 1e-9),
             "skipped_steps": trainer.skipped_steps,
             "drift_repairs": trainer.drift_repairs,
+            "communication": trainer.sync.describe(),
+            "optimizer_state_bytes_per_rank": trainer.optimizer_state_bytes,
             "config": cfg.to_dict(),
         }
         with open(os.path.join(out_dir, "summary.json"), "w") as f:

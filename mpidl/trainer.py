@@ -20,6 +20,7 @@ from mpidl.data import ShardedSampler, eval_shard, load_dataset
 from mpidl.errors import ConfigError, TrainingHalted
 from mpidl.models import MODELS, Model
 from mpidl.optim import Schedule, make_optimizer
+from mpidl.reducer import make_gradient_sync, optimizer_state_bytes
 
 
 @dataclass
@@ -61,7 +62,7 @@ class Trainer:
         self.data_rng = np.random.default_rng([cfg.seed, comm.rank, 2])
         self.model = Model(cfg.model, self.data.sample_shape, self.data.num_classes,
                            {"hidden": cfg.hidden_sizes(), "rng": self.model_rng, "comm": comm})
-        self.model.allocate(self.dtype, cfg.seed)
+        self.model.allocate(self.dtype, cfg.seed, pad_to=comm.size if cfg.zero else 1)
         self.store = self.model.store
 
         # A mismatch here would otherwise surface as a hang or a silent divergence.
@@ -87,9 +88,13 @@ class Trainer:
             warmup = round(0.05 * self.total_steps) if cfg.lr_scaling == "linear" else 0
         self.schedule = Schedule(lr, cfg.schedule, total_steps=self.total_steps, warmup_steps=warmup,
                                  step_size=cfg.lr_step or max(self.total_steps // 3, 1), gamma=cfg.lr_gamma)
-        self.optimizer = make_optimizer(cfg.optimizer, self.store.data, self.store.decay_mask(),
+        # How gradients are combined (mpidl.reducer); with ZeRO the optimiser sees only this rank's shard.
+        self.sync = make_gradient_sync(cfg, comm, self.model)
+        opt_data, opt_mask = self.sync.optimizer_target()
+        self.optimizer = make_optimizer(cfg.optimizer, opt_data, opt_mask,
                                         weight_decay=cfg.weight_decay, momentum=cfg.momentum,
                                         nesterov=cfg.nesterov)
+        self.optimizer_state_bytes = optimizer_state_bytes(self.optimizer)
         self.global_step = 0
         self.samples_seen = 0
         self.train_time = 0.0
@@ -106,22 +111,32 @@ class Trainer:
         y = self.data.y_train[step.indices]
         self.comm.context = f"step {self.global_step + 1} (epoch {step.epoch + 1})"
         self.store.zero_grad()
-        loss = 0.0
-        if len(step.indices):
-            loss = self.model.train_step_grads(x, y, weight=step.weight)
-            if not math.isfinite(loss):
-                self.store.grad[0] = np.nan  # travels through the Allreduce: every rank sees it
-        self.comm.allreduce_mean_(self.store.grad)
-        # The reduced gradient is identical on every rank, so this decision is too: no extra collective.
-        if np.isfinite(self.store.grad.sum()):
-            self.optimizer.step(self.store.data, self.store.grad, self.schedule(self.global_step))
+        n = len(step.indices)
+        loss_sum = 0.0
+        # --accumulate: this rank's share in micro-batches, each weighted by its size, so the
+        # summed gradient is the whole share's mean gradient; one reduction per step.
+        parts = [p for p in np.array_split(np.arange(n), self.cfg.accumulate) if len(p)]
+        for i, part in enumerate(parts):
+            if i == len(parts) - 1:
+                self.sync.arm()
+            whole = len(part) == n
+            loss = self.model.train_step_grads(x if whole else x[part], y if whole else y[part],
+                                               weight=step.weight * len(part) / n)
+            loss_sum += loss * len(part)
+        self.sync.finish()
+        data, grad = self.sync.update_arrays()
+        # Decided from the reduced gradient, which every rank holds alike (ZeRO asks its peers):
+        # all ranks skip or abort together. A NaN or inf loss brings a non-finite gradient with it.
+        if self.sync.all_finite(grad):
+            self.optimizer.step(data, grad, self.schedule(self.global_step))
+            self.sync.after_update()
         else:
             self._nonfinite(step)
         self.global_step += 1
         self.samples_seen += step.global_count
         if self.cfg.check_every and self.global_step % self.cfg.check_every == 0:
             self.check_replicas()
-        return loss * len(step.indices) if math.isfinite(loss) else 0.0
+        return loss_sum if math.isfinite(loss_sum) else 0.0
 
     def _nonfinite(self, step):
         where = f"step {self.global_step + 1} (epoch {step.epoch + 1})"

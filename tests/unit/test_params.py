@@ -13,7 +13,12 @@ def test_every_parameter_and_gradient_is_a_view_of_the_flat_buffers():
     assert store.data.flags.c_contiguous and store.grad.flags.c_contiguous
     offset = 0
     for p in store.params:
-        assert p.data.base is store.data and p.grad.base is store.grad
+        # a view at exactly this offset of the flat buffers (which may themselves be views of
+        # zero-padded buffers, for ZeRO)
+        item = store.data.itemsize
+        assert p.data.ctypes.data == store.data.ctypes.data + offset * item
+        assert p.grad.ctypes.data == store.grad.ctypes.data + offset * item
+        assert np.shares_memory(p.data, store.data) and np.shares_memory(p.grad, store.grad)
         assert p.offset == offset
         np.testing.assert_array_equal(store.data[offset:offset + p.size], p.data.reshape(-1))
         offset += p.size
