@@ -27,10 +27,11 @@ def _summary(out):
         return json.load(f)
 
 
-def test_nan_on_one_rank_every_rank_skips_the_same_update(tmp_path):
+@pytest.mark.parametrize("sync", [[], ["--zero", "1"], ["--bucket-mb", "0.01"]], ids=["plain", "zero", "buckets"])
+def test_nan_on_one_rank_every_rank_skips_the_same_update(tmp_path, sync):
     # --check-every 1 --on-drift abort: had any rank applied the update, the replicas would
     # differ at the next check and the run would halt with status 3.
-    proc, _ = _faulty(4, "nan", 2, 7, "--check-every", "1", "--on-drift", "abort", out=tmp_path)
+    proc, _ = _faulty(4, "nan", 2, 7, "--check-every", "1", "--on-drift", "abort", *sync, out=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert _summary(tmp_path)["skipped_steps"] == 1
     assert proc.stdout.count("non-finite loss or gradient at step 7") == 1
