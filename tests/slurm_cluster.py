@@ -49,6 +49,9 @@ class LocalSlurm:
         self.node = socket.gethostname()
         self.conf = os.path.join(self.root, "slurm.conf")
         self.procs: dict[str, subprocess.Popen] = {}
+        # Job ids name MPI's shared-memory segments (via the PMI key space): start at a random
+        # id so that a leftover job of an earlier test cluster cannot collide with a new one.
+        self.first_job_id = 1000 + int.from_bytes(os.urandom(3), "little")
 
     # -- life cycle -----------------------------------------------------------------
     def start(self, timeout: float = 60) -> "LocalSlurm":
@@ -73,6 +76,17 @@ class LocalSlurm:
         return self
 
     def stop(self) -> None:
+        """Cancel what is still queued or running (its ranks would outlive the daemons and
+        busy-poll), then stop the daemons by PID."""
+        if self.procs.get("slurmctld") is not None and self.procs["slurmctld"].poll() is None:
+            subprocess.run([_binary("scancel"), "--full", "--user=root"], env=self.env(), capture_output=True)
+            deadline = time.monotonic() + 20
+            while time.monotonic() < deadline:
+                out = subprocess.run([_binary("squeue"), "-h", "-o", "%i"], capture_output=True, text=True,
+                                     env=self.env()).stdout
+                if not out.strip():
+                    break
+                time.sleep(0.3)
         for name in reversed(DAEMONS):
             proc = self.procs.pop(name, None)
             if proc is None or proc.poll() is not None:
@@ -110,6 +124,7 @@ class LocalSlurm:
         r = self.root
         lines = f"""
         ClusterName=mpidltest
+        FirstJobId={self.first_job_id}
         SlurmctldHost={self.node}(127.0.0.1)
         SlurmctldPort={ctl_port}
         SlurmdPort={node_port}

@@ -153,8 +153,6 @@ def test_preemptible_requeues_and_resumes_exactly(slurm, workdir, batch):
     flags = [*SMALL, "--epochs", "40", "--checkpoint-every", "1e"]
     job = slurm.sbatch(os.path.join(JOBS, "preemptible.sbatch"), ["--ntasks-per-node=2"], flags,
                        cwd=workdir, **_job_env(workdir))
-    reference = slurm.sbatch(os.path.join(JOBS, "train.sbatch"), ["--ntasks-per-node=2"], SMALL + ["--epochs", "40"],
-                             cwd=workdir, **_job_env(workdir))
     run_dir = os.path.join(workdir, "runs", f"mpidl-preemptible-{job}")
     log_name = f"mpidl-preemptible-{job}.out"
 
@@ -172,7 +170,12 @@ def test_preemptible_requeues_and_resumes_exactly(slurm, workdir, batch):
         assert time.monotonic() < deadline, (slurm.job(job), _log(workdir, log_name))
         time.sleep(0.2)
     slurm.run(["scontrol", "update", f"jobid={job}", "StartTime=now"])
-    (record,) = slurm.wait(job, timeout=150)
+    # The first start's end can still be reported for a moment: wait for the second start's last line.
+    deadline = time.monotonic() + 150
+    while "training finished" not in _log(workdir, log_name).split("start 2 on")[-1]:
+        assert time.monotonic() < deadline, (slurm.job(job), _log(workdir, log_name))
+        time.sleep(0.3)
+    (record,) = slurm.wait(job, timeout=30)
     log = _log(workdir, log_name)
     assert record["JobState"] == "COMPLETED" and record["ExitCode"] == "0:0", log
     assert record["Restarts"] == "1", log
@@ -180,6 +183,10 @@ def test_preemptible_requeues_and_resumes_exactly(slurm, workdir, batch):
     stopped_at = int(log.split("stopped by a signal at step ")[1].split()[0])
     assert 0 < stopped_at < 40 * 22, log  # really interrupted mid-run
 
+    # The uninterrupted twin runs afterwards: two 2-rank srun --mpi=pmi2 steps starting at the same
+    # moment have hung in MPI_Init on this one-node test cluster (not investigated further yet).
+    reference = slurm.sbatch(os.path.join(JOBS, "train.sbatch"), ["--ntasks-per-node=2"], SMALL + ["--epochs", "40"],
+                             cwd=workdir, **_job_env(workdir))
     (ref,) = slurm.wait(reference, timeout=150)
     assert ref["ExitCode"] == "0:0", _log(workdir, f"mpidl-train-{reference}.out")
     ref_dir = os.path.join(workdir, "runs", f"mpidl-train-{reference}")
