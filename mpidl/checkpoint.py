@@ -1,12 +1,33 @@
-"""Files that hold weights: written atomically, read with pickling disabled."""
+"""Files that hold weights and whole training states: written atomically, read with pickling disabled.
+
+A checkpoint (``ckpt-000001200.npz`` in --checkpoint-dir, the number is the global step) is
+one .npz of plain arrays:
+
+    params           the flat parameter vector
+    opt/NAME         each array of Optimizer.state_dict()
+    epoch_loss       the current epoch's summed training loss and sample count so far (all ranks)
+    meta             UTF-8 JSON: step, epoch and step within it, samples seen, world size, config,
+                     parameter layout, and every rank's two random-generator states
+    checksum         SHA-256 over all of the above (names, dtypes, shapes, bytes)
+
+Rank 0 writes it (temporary file, fsync, rename); rank 0 reads it and broadcasts, so only
+rank 0 needs to see the folder. Resuming with the same rank count continues every stream
+exactly; with another count the data order and the global batch are unchanged (both derive
+from the seed alone) but the per-rank random streams (dropout, noise, augmentation) are
+not: rank r < old size continues old rank r's stream, higher ranks start new ones.
+"""
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
+import re
 import tempfile
 
 import numpy as np
 
+from mpidl.errors import UserError
 from mpidl.params import ParamStore
 
 
@@ -69,3 +90,247 @@ def load_weights(path: str) -> dict[str, np.ndarray]:
             size = int(np.prod(shape, dtype=np.int64))
             out[str(name)] = flat[off:off + size].reshape(shape)
         return out
+
+
+# -- checkpoints ---------------------------------------------------------------------
+
+FORMAT = "mpidl-checkpoint"
+VERSION = 1
+_NAME = re.compile(r"^ckpt-(\d+)\.npz$")
+# Flags that may change between an interrupted run and its resumption; every other field
+# of RunConfig changes the trajectory, so a mismatch there is an error.
+MAY_CHANGE_ON_RESUME = frozenset({"out", "threads", "progress", "eval_batch_size", "checkpoint_dir",
+                                  "checkpoint_every", "keep_last", "resume", "expect_ranks"})
+
+
+class CheckpointError(UserError):
+    """A checkpoint that cannot be used: unreadable, corrupt, or from a different run."""
+
+
+def parse_every(text: str) -> tuple[int, str]:
+    """'500' -> (500, 'steps'); '2e' -> (2, 'epochs')."""
+    m = re.fullmatch(r"\s*(\d+)\s*(e|epochs?)?\s*", str(text))
+    if not m or int(m.group(1)) < 1:
+        raise CheckpointError(f"--checkpoint-every {text!r}: expected a positive step count like 500, "
+                              "or an epoch count like 2e")
+    return int(m.group(1)), ("epochs" if m.group(2) else "steps")
+
+
+def checkpoint_name(step: int) -> str:
+    return f"ckpt-{step:09d}.npz"
+
+
+def _checksum(arrays: dict) -> np.ndarray:
+    h = hashlib.sha256()
+    for name in sorted(arrays):
+        a = np.ascontiguousarray(arrays[name])
+        h.update(f"{name}|{a.dtype.str}|{a.shape}|".encode())
+        h.update(a.tobytes())
+    return np.frombuffer(h.digest(), dtype=np.uint8)
+
+
+def write_checkpoint(path: str, arrays: dict) -> None:
+    arrays = dict(arrays)
+    arrays["checksum"] = _checksum(arrays)
+    atomic_write(path, lambda f: np.savez(f, **arrays))
+
+
+def read_checkpoint(path: str) -> dict:
+    """All arrays of a checkpoint, checksum verified. Raises CheckpointError saying what is wrong."""
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            arrays = {k: z[k] for k in z.files}
+    except FileNotFoundError:
+        raise CheckpointError(f"checkpoint {path}: no such file")
+    except Exception as exc:  # zipfile, zlib, ValueError, EOFError, CRC errors: all mean damaged
+        raise CheckpointError(f"checkpoint {path}: unreadable, truncated or corrupt ({type(exc).__name__}: {exc})")
+    stored = arrays.pop("checksum", None)
+    if stored is None or "meta" not in arrays or "params" not in arrays:
+        raise CheckpointError(f"checkpoint {path}: not an mpidl checkpoint (missing checksum, meta or params)")
+    if not np.array_equal(stored, _checksum(arrays)):
+        raise CheckpointError(f"checkpoint {path}: checksum mismatch, the file is corrupt")
+    return arrays
+
+
+def meta_of(arrays: dict) -> dict:
+    return json.loads(arrays["meta"].tobytes().decode())
+
+
+def list_checkpoints(folder: str) -> list[tuple[int, str]]:
+    """(step, path) of the checkpoint files in `folder`, newest first."""
+    try:
+        names = os.listdir(folder)
+    except FileNotFoundError:
+        return []
+    found = [(int(m.group(1)), os.path.join(folder, n)) for n in names if (m := _NAME.match(n))]
+    return sorted(found, reverse=True)
+
+
+def newest_good(folder: str, warn=print) -> tuple[str, dict] | None:
+    """The newest checkpoint in `folder` that passes its checksum; damaged ones are reported
+    through `warn` and skipped."""
+    for _, path in list_checkpoints(folder):
+        try:
+            return path, read_checkpoint(path)
+        except CheckpointError as exc:
+            warn(f"mpidl: warning: {exc}; trying an older one")
+    return None
+
+
+def _gather_json(comm, obj) -> list:
+    """Every rank's JSON-able object, on every rank, through a fixed-width uint8 Allgather."""
+    payload = json.dumps(obj, sort_keys=True).encode()
+    _, longest = comm.allreduce_min_max(np.array([len(payload)], dtype=np.int64))
+    rows = comm.allgather_bytes(payload, width=int(longest[0]))
+    return [json.loads(row.rstrip(b"\0").decode()) for row in rows]
+
+
+def _bcast_bytes(comm, payload: bytes | None) -> bytes:
+    n = np.array([0 if payload is None else len(payload)], dtype=np.int64)
+    comm.bcast_(n)
+    buf = np.zeros(int(n[0]), dtype=np.uint8)
+    if comm.rank == 0:
+        buf[:] = np.frombuffer(payload, dtype=np.uint8)
+    comm.bcast_(buf)
+    return buf.tobytes()
+
+
+def save_checkpoint(trainer, folder: str, keep_last: int = 0) -> str | None:
+    """Collective: every rank contributes its random states; rank 0 writes the file and prunes
+    old ones. Returns the path on rank 0, None elsewhere."""
+    comm = trainer.comm
+    rngs = _gather_json(comm, {"model": trainer.model_rng.bit_generator.state,
+                               "data": trainer.data_rng.bit_generator.state})
+    epoch_loss = np.array(trainer.epoch_loss, dtype=np.float64)
+    comm.allreduce_sum_(epoch_loss)
+    if comm.rank != 0:
+        return None
+    from mpidl import __version__
+    meta = {
+        "format": FORMAT, "version": VERSION, "mpidl_version": __version__,
+        "global_step": trainer.global_step, "epoch": trainer.epoch, "step_in_epoch": trainer.step_in_epoch,
+        "samples_seen": trainer.samples_seen, "train_time": trainer.train_time,
+        "world_size": comm.size, "config": trainer.cfg.to_dict(), "layout": trainer.store.layout(),
+        "dtype": str(trainer.store.data.dtype), "rng": rngs,
+    }
+    arrays = {"params": trainer.store.data, "epoch_loss": epoch_loss,
+              "meta": np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)}
+    for key, value in trainer.optimizer.state_dict().items():
+        arrays["opt/" + key] = np.asarray(value)
+    os.makedirs(folder, exist_ok=True)
+    path = os.path.join(folder, checkpoint_name(trainer.global_step))
+    write_checkpoint(path, arrays)
+    if keep_last > 0:
+        for _, old in list_checkpoints(folder)[keep_last:]:
+            os.unlink(old)
+    return path
+
+
+def locate_checkpoint(cfg, warn=print) -> tuple[str, dict] | None:
+    """Rank 0: the checkpoint --resume asks for, read and verified; None for 'auto' with none there."""
+    if cfg.resume in ("latest", "auto"):
+        found = newest_good(cfg.checkpoint_dir, warn)
+        if found is None and cfg.resume == "latest":
+            raise CheckpointError(f"--resume latest: no good checkpoint in {cfg.checkpoint_dir}")
+        return found
+    return cfg.resume, read_checkpoint(cfg.resume)
+
+
+def check_compatible(trainer, path: str, arrays: dict) -> dict:
+    """Rank 0: refuse a checkpoint from a different run (config, model layout, optimiser)."""
+    meta = meta_of(arrays)
+    if meta.get("format") != FORMAT or meta.get("version") != VERSION:
+        raise CheckpointError(f"checkpoint {path}: format {meta.get('format')} v{meta.get('version')}, "
+                              f"this mpidl reads {FORMAT} v{VERSION}")
+    mine = trainer.cfg.to_dict()
+    differ = sorted(k for k, v in meta["config"].items()
+                    if k in mine and k not in MAY_CHANGE_ON_RESUME and mine[k] != v)
+    if differ:
+        detail = ", ".join(f"--{k.replace('_', '-')} {meta['config'][k]!r} there, {mine[k]!r} now" for k in differ)
+        raise CheckpointError(f"checkpoint {path} belongs to a different run: {detail}")
+    if meta["layout"] != trainer.store.layout() or meta["dtype"] != str(trainer.store.data.dtype):
+        raise CheckpointError(f"checkpoint {path}: parameter layout or dtype differs from this model")
+    state = trainer.optimizer.state_dict()
+    saved = {k[4:]: v for k, v in arrays.items() if k.startswith("opt/")}
+    if set(saved) != set(state) or any(np.shape(saved[k]) != np.shape(state[k]) for k in state):
+        raise CheckpointError(f"checkpoint {path}: optimiser state does not fit --optimizer {trainer.cfg.optimizer}")
+    return meta
+
+
+def restore_checkpoint(trainer, arrays: dict | None) -> dict:
+    """Collective: rank 0 passes the verified arrays, the others None; afterwards every rank
+    holds the saved weights, optimiser state, position and its random states."""
+    comm = trainer.comm
+    meta_bytes = _bcast_bytes(comm, arrays["meta"].tobytes() if comm.rank == 0 else None)
+    meta = json.loads(meta_bytes.decode())
+    if comm.rank == 0:
+        trainer.store.data[...] = arrays["params"]
+    comm.bcast_(trainer.store.data)
+
+    state = trainer.optimizer.state_dict()
+    restored = {}
+    for key in sorted(state):
+        buf = np.array(state[key]).reshape(-1)  # a copy; 0-d values become one element
+        if comm.rank == 0:
+            buf[...] = arrays["opt/" + key].reshape(-1)
+        comm.bcast_(buf)
+        restored[key] = buf.reshape(np.shape(state[key]))
+    trainer.optimizer.load_state_dict(restored)
+
+    epoch_loss = np.zeros(2)
+    if comm.rank == 0:
+        epoch_loss[:] = arrays["epoch_loss"]  # the end-of-epoch Allreduce adds the other ranks' zeros
+
+    rngs = meta["rng"]
+    if comm.rank < len(rngs):
+        trainer.model_rng.bit_generator.state = rngs[comm.rank]["model"]
+        trainer.data_rng.bit_generator.state = rngs[comm.rank]["data"]
+    else:  # a rank the interrupted run did not have: a fresh stream that no earlier rank used
+        seed, step = trainer.cfg.seed, meta["global_step"]
+        trainer.model_rng.bit_generator.state = np.random.default_rng([seed, comm.rank, 1, step]).bit_generator.state
+        trainer.data_rng.bit_generator.state = np.random.default_rng([seed, comm.rank, 2, step]).bit_generator.state
+
+    # Throughput counters (samples_seen, train_time) stay per session: they measure this run.
+    trainer.resume_from(meta["global_step"], meta["epoch"], meta["step_in_epoch"], epoch_loss)
+    return meta
+
+
+class Checkpointer:
+    """Training-loop hooks: periodic checkpoints, a final one, and a checkpoint-and-stop when
+    a stop signal (preemption, time limit) arrives on any rank."""
+
+    def __init__(self, cfg, stop_signal=None):
+        self.folder = cfg.checkpoint_dir
+        self.keep_last = cfg.keep_last
+        self.every, self.unit = parse_every(cfg.checkpoint_every) if cfg.checkpoint_every else (0, "steps")
+        self.stop_signal = stop_signal
+        self.last_saved = None  # (global step, epoch, step in epoch) of the last checkpoint
+        self.preempted = False
+
+    @staticmethod
+    def _position(trainer):
+        return trainer.global_step, trainer.epoch, trainer.step_in_epoch
+
+    def save(self, trainer):
+        path = save_checkpoint(trainer, self.folder, self.keep_last)
+        self.last_saved = self._position(trainer)
+        if path is not None:
+            print(f"checkpoint: step {trainer.global_step} -> {path}", flush=True)
+
+    def on_step(self, trainer):
+        stop = self.stop_signal is not None and self.stop_signal.agreed(trainer.comm)
+        # The last step's checkpoint is left to on_end, which runs after the final evaluation.
+        due = (self.unit == "steps" and self.every and trainer.global_step % self.every == 0
+               and trainer.global_step < trainer.total_steps)
+        if due or stop:
+            self.save(trainer)
+        if stop:
+            self.preempted = trainer.stop_requested = True
+
+    def on_epoch(self, trainer, metrics):
+        if self.unit == "epochs" and self.every and metrics.epoch % self.every == 0:
+            self.save(trainer)
+
+    def on_end(self, trainer):
+        if self.last_saved != self._position(trainer):
+            self.save(trainer)

@@ -84,6 +84,15 @@ class RunConfig:
                      choices=(0, 1))
     allreduce: str = _opt("flat", "'hierarchical': Reduce in each node, Allreduce among node leaders, Bcast",
                           choices=("flat", "hierarchical"))
+    # checkpoints and clusters (see mpidl/checkpoint.py and jobs/)
+    checkpoint_dir: str | None = _opt(UNSET, "write checkpoints into this folder (rank 0, atomically)")
+    checkpoint_every: str | None = _opt(UNSET, "checkpoint every N steps ('500') or every N epochs ('2e'); "
+                                        "a final one is always written when --checkpoint-dir is set")
+    keep_last: int = _opt(3, "keep only the newest K checkpoints (0 keeps all)")
+    resume: str | None = _opt(UNSET, "'latest' (newest good checkpoint in --checkpoint-dir, error if none), "
+                              "'auto' (the same, or a fresh start if there is none) or a checkpoint file")
+    expect_ranks: int | None = _opt(UNSET, "fail unless the MPI world has exactly this many ranks "
+                                    "(job scripts pass $SLURM_NTASKS: catches N one-rank worlds)")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -230,4 +239,15 @@ def validate(cfg: RunConfig) -> None:
          "zero", "does not combine with --bucket-mb, --grad-compression or --allreduce hierarchical")
     need(cfg.allreduce == "flat" or (cfg.bucket_mb == 0 and cfg.grad_compression == "none"), "allreduce",
          "hierarchical does not combine with --bucket-mb or --grad-compression")
+    need(cfg.keep_last >= 0, "keep_last", "must be non-negative (0 keeps all)")
+    need(not cfg.zero or cfg.checkpoint_dir is None, "zero",
+         "does not combine with --checkpoint-dir yet (each rank holds only a shard of the optimiser state)")
+    need(cfg.expect_ranks is None or cfg.expect_ranks >= 1, "expect_ranks", "must be at least 1")
+    need(cfg.resume is None or cfg.resume not in ("latest", "auto") or cfg.checkpoint_dir is not None,
+         "resume", "needs --checkpoint-dir to look in")
+    need(cfg.checkpoint_every is None or cfg.checkpoint_dir is not None, "checkpoint_every",
+         "needs --checkpoint-dir")
+    if cfg.checkpoint_every is not None:
+        from mpidl.checkpoint import parse_every
+        parse_every(cfg.checkpoint_every)
     cfg.hidden_sizes()

@@ -18,6 +18,7 @@ import sys
 import time
 
 from mpidl import __version__
+from mpidl.cluster import EXIT_PREEMPTED, StopSignal, check_world_size, prints_errors
 from mpidl.comm import install_abort_on_exception, launcher_rank, start_watchdog, world
 from mpidl.config import parse_config
 from mpidl.errors import TrainingHalted, UserError
@@ -89,8 +90,13 @@ class Reporter:
         self.mode = mode
         if mode == "bar":
             from tqdm import tqdm
-            self.bar = tqdm(total=trainer.total_steps, unit="step", dynamic_ncols=True)
-        self.metrics_file = open(os.path.join(out_dir, "metrics.jsonl"), "w")
+            self.bar = tqdm(total=trainer.total_steps, initial=trainer.global_step, unit="step",
+                            dynamic_ncols=True)
+        path = os.path.join(out_dir, "metrics.jsonl")
+        # A resumed run keeps the epochs finished before its checkpoint, drops any logged after it.
+        kept = _metric_lines_before(path, trainer.epoch) if trainer.global_step > 0 else []
+        self.metrics_file = open(path, "w")
+        self.metrics_file.writelines(kept)
 
     def step(self, trainer):
         if self.bar is not None:
@@ -119,6 +125,38 @@ class Reporter:
             self.metrics_file.close()
 
 
+def _metric_lines_before(path: str, epochs_done: int) -> list[str]:
+    try:
+        with open(path) as f:
+            return [line for line in f if line.strip() and json.loads(line)["epoch"] <= epochs_done]
+    except (OSError, ValueError, KeyError):
+        return []
+
+
+def _resume(cfg, comm, trainer):
+    """Collective: load the checkpoint --resume names (rank 0 reads, all receive). Returns its path or None."""
+    from mpidl.checkpoint import check_compatible, locate_checkpoint, restore_checkpoint
+
+    def find():
+        if comm.rank != 0:
+            return None
+        found = locate_checkpoint(cfg, warn=lambda msg: print(msg, file=sys.stderr, flush=True))
+        if found is not None:
+            check_compatible(trainer, *found)
+        return found
+
+    found = _agreed(comm, find)
+    if not comm.any_true(found is not None):
+        if comm.rank == 0:
+            print(f"--resume {cfg.resume}: no checkpoint in {cfg.checkpoint_dir}, starting from step 0", flush=True)
+        return None
+    meta = restore_checkpoint(trainer, found[1] if comm.rank == 0 else None)
+    if comm.rank == 0:
+        print(f"resumed from {found[0]}: step {meta['global_step']} (epoch {meta['epoch'] + 1}, step "
+              f"{meta['step_in_epoch']} in it), written by {meta['world_size']} rank(s)", flush=True)
+    return found[0] if comm.rank == 0 else ""
+
+
 def main(argv=None) -> int:
     rank_hint = launcher_rank()
     try:
@@ -131,19 +169,28 @@ def main(argv=None) -> int:
         return int(exc.code or 0)
 
     comm = world()
+    try:
+        check_world_size(comm, cfg.expect_ranks)
+    except UserError as exc:  # the same verdict on every rank, no collective needed
+        if comm.rank == 0 and prints_errors():
+            _fail(str(exc))
+        return EXIT_USAGE
     install_abort_on_exception(comm)
     from threadpoolctl import threadpool_limits
     threads = blas_threads(cfg, comm)
     threadpool_limits(threads)
 
-    from mpidl.checkpoint import save_weights
+    from mpidl.checkpoint import Checkpointer, save_weights
     from mpidl.trainer import Trainer
 
     try:
         trainer = _agreed(comm, lambda: Trainer(cfg, comm))
         out_dir = _agreed(comm, lambda: _prepare_out_dir(cfg) if comm.rank == 0 else None)
+        if cfg.resume:
+            _resume(cfg, comm, trainer)
     except SystemExit as exc:
         return int(exc.code)
+    checkpointer = Checkpointer(cfg, StopSignal().install()) if cfg.checkpoint_dir else None
 
     lead = comm.rank == 0
     if lead:
@@ -156,10 +203,19 @@ def main(argv=None) -> int:
               f"{trainer.optimizer_state_bytes / 2**20:.2f} MiB per rank", flush=True)
 
     reporter = Reporter(cfg, trainer, out_dir, enabled=lead)
+    on_step, on_epoch = reporter.step, reporter.epoch
+    if checkpointer is not None:
+        def on_step(t):
+            reporter.step(t)
+            checkpointer.on_step(t)
+
+        def on_epoch(t, m):
+            reporter.epoch(t, m)
+            checkpointer.on_epoch(t, m)
     start_watchdog(comm, cfg.collective_timeout)
     t0 = time.perf_counter()
     try:
-        history = trainer.fit(on_step=reporter.step, on_epoch=reporter.epoch)
+        history = trainer.fit(on_step=on_step, on_epoch=on_epoch)
     except TrainingHalted as exc:  # raised on every rank at the same step
         if lead:
             _fail(str(exc))
@@ -167,6 +223,20 @@ def main(argv=None) -> int:
     finally:
         reporter.close()
     wall = time.perf_counter() - t0
+
+    if checkpointer is not None:
+        if checkpointer.preempted:
+            if lead:
+                print(f"stopped by a signal at step {trainer.global_step} of {trainer.total_steps}; "
+                      f"continue with --resume latest --checkpoint-dir {cfg.checkpoint_dir}", flush=True)
+            return EXIT_PREEMPTED
+        checkpointer.on_end(trainer)
+    if not history:  # resumed from a checkpoint written at the very end: report it again
+        from mpidl.trainer import EpochMetrics
+        val_loss, val_acc = trainer.evaluate()
+        history = [EpochMetrics(trainer.epochs, trainer.global_step, float("nan"), float(val_loss),
+                                None if val_acc is None else float(val_acc), 0.0, 0.0,
+                                float(trainer.schedule(max(trainer.global_step - 1, 0))))]
 
     if lead:
         last = history[-1]

@@ -101,6 +101,18 @@ class Trainer:
         self.skipped_steps = 0       # updates skipped for non-finite gradients
         self.drift_repairs = 0
         self.warn = print if comm.rank == 0 else (lambda *a, **k: None)
+        # Where the loop stands (for checkpoints): the epoch, the steps done in it, and this
+        # rank's summed loss and sample count over those steps.
+        self.epoch, self.step_in_epoch = 0, 0
+        self.epoch_loss = np.zeros(2)
+        self._carried_loss = None  # a resumed epoch's loss so far
+        self.stop_requested = False  # set by an on_step hook (preemption): fit returns after this step
+
+    def resume_from(self, global_step, epoch, step_in_epoch, epoch_loss):
+        """Continue from a checkpoint's position (weights and optimiser are restored by the caller)."""
+        self.global_step = int(global_step)
+        self.epoch, self.step_in_epoch = int(epoch), int(step_in_epoch)
+        self._carried_loss = np.array(epoch_loss, dtype=np.float64)
 
     # -- one step ------------------------------------------------------------------
     def train_step(self, step) -> float:
@@ -186,18 +198,27 @@ class Trainer:
 
     # -- the loop ------------------------------------------------------------------
     def fit(self, on_step=None, on_epoch=None) -> list[EpochMetrics]:
+        """Train to total_steps, starting where resume_from left off (possibly mid-epoch).
+        Returns early, after the step on which an on_step hook set stop_requested."""
         history = []
         start_time = time.perf_counter()
-        for epoch in range(self.epochs):
+        first_epoch, first_step = self.epoch, self.step_in_epoch
+        for epoch in range(first_epoch, self.epochs):
             t0 = time.perf_counter()
             seen0 = self.samples_seen
-            loss_sum = np.zeros(2)  # summed loss, samples (this rank)
-            for step in self.sampler.epoch(epoch):
+            start = first_step if epoch == first_epoch else 0
+            loss_sum = self._carried_loss if start and self._carried_loss is not None else np.zeros(2)
+            self.epoch, self.step_in_epoch, self.epoch_loss = epoch, start, loss_sum
+            for step in self.sampler.epoch(epoch, start=start):
                 if self.global_step >= self.total_steps:
                     break
                 loss_sum += (self.train_step(step), len(step.indices))
+                self.step_in_epoch = step.index + 1
                 if on_step is not None:
                     on_step(self)
+                if self.stop_requested:
+                    self.train_time += time.perf_counter() - t0
+                    return history
             self.comm.allreduce_sum_(loss_sum)
             elapsed = time.perf_counter() - t0
             self.train_time += elapsed
@@ -210,6 +231,7 @@ class Trainer:
                 wall_time=time.perf_counter() - start_time,
                 lr=float(self.schedule(max(self.global_step - 1, 0))), val_terms=self.val_terms)
             history.append(metrics)
+            self.epoch, self.step_in_epoch, self.epoch_loss = epoch + 1, 0, np.zeros(2)
             if on_epoch is not None:
                 on_epoch(self, metrics)
         return history
