@@ -99,8 +99,13 @@ VERSION = 1
 _NAME = re.compile(r"^ckpt-(\d+)\.npz$")
 # Flags that may change between an interrupted run and its resumption; every other field
 # of RunConfig changes the trajectory, so a mismatch there is an error.
+# Flags that may differ on resume. epochs/max_steps extend or shorten a run (a schedule that
+# depends on the total, like cosine, then follows the new total); the failure knobs do not
+# touch the numbers.
 MAY_CHANGE_ON_RESUME = frozenset({"out", "threads", "progress", "eval_batch_size", "checkpoint_dir",
-                                  "checkpoint_every", "keep_last", "resume", "expect_ranks"})
+                                  "checkpoint_every", "keep_last", "resume", "expect_ranks",
+                                  "epochs", "max_steps", "collective_timeout", "check_every",
+                                  "on_drift", "on_nonfinite"})
 
 
 class CheckpointError(UserError):
@@ -203,8 +208,22 @@ def save_checkpoint(trainer, folder: str, keep_last: int = 0) -> str | None:
                                "data": trainer.data_rng.bit_generator.state})
     epoch_loss = np.array(trainer.epoch_loss, dtype=np.float64)
     comm.allreduce_sum_(epoch_loss)
-    if comm.rank != 0:
-        return None
+    path, error = None, None
+    if comm.rank == 0:
+        try:
+            path = _write_rank0(trainer, folder, keep_last, rngs, epoch_loss)
+        except OSError as exc:  # disk full, quota, permissions: the previous checkpoint is untouched
+            error = CheckpointError(f"--checkpoint-dir {folder}: cannot write checkpoint at step "
+                                    f"{trainer.global_step} ({exc.strerror or exc}); the previous "
+                                    "checkpoints are intact")
+    # Every rank learns of rank 0's failure and stops together (no rank left in a collective).
+    if comm.first_failure(error is not None) is not None:
+        raise error if error is not None else CheckpointError("rank 0 could not write a checkpoint")
+    return path
+
+
+def _write_rank0(trainer, folder, keep_last, rngs, epoch_loss) -> str:
+    comm = trainer.comm
     from mpidl import __version__
     meta = {
         "format": FORMAT, "version": VERSION, "mpidl_version": __version__,

@@ -180,7 +180,7 @@ def main(argv=None) -> int:
     threads = blas_threads(cfg, comm)
     threadpool_limits(threads)
 
-    from mpidl.checkpoint import Checkpointer, save_weights
+    from mpidl.checkpoint import Checkpointer, atomic_write, save_weights
     from mpidl.trainer import Trainer
 
     try:
@@ -191,6 +191,8 @@ def main(argv=None) -> int:
     except SystemExit as exc:
         return int(exc.code)
     checkpointer = Checkpointer(cfg, StopSignal().install()) if cfg.checkpoint_dir else None
+    if checkpointer is not None and cfg.resume:
+        checkpointer.last_saved = checkpointer._position(trainer)  # no need to write it again
 
     lead = comm.rank == 0
     if lead:
@@ -220,6 +222,10 @@ def main(argv=None) -> int:
         if lead:
             _fail(str(exc))
         return EXIT_HALTED
+    except UserError as exc:  # e.g. a checkpoint rank 0 could not write; every rank raises it
+        if lead:
+            _fail(str(exc))
+        return EXIT_USAGE
     finally:
         reporter.close()
     wall = time.perf_counter() - t0
@@ -230,7 +236,12 @@ def main(argv=None) -> int:
                 print(f"stopped by a signal at step {trainer.global_step} of {trainer.total_steps}; "
                       f"continue with --resume latest --checkpoint-dir {cfg.checkpoint_dir}", flush=True)
             return EXIT_PREEMPTED
-        checkpointer.on_end(trainer)
+        try:
+            checkpointer.on_end(trainer)
+        except UserError as exc:
+            if lead:
+                _fail(str(exc))
+            return EXIT_USAGE
     if not history:  # resumed from a checkpoint written at the very end: report it again
         from mpidl.trainer import EpochMetrics
         val_loss, val_acc = trainer.evaluate()
@@ -261,9 +272,13 @@ def main(argv=None) -> int:
             "optimizer_state_bytes_per_rank": trainer.optimizer_state_bytes,
             "config": cfg.to_dict(),
         }
-        with open(os.path.join(out_dir, "summary.json"), "w") as f:
-            json.dump(summary, f, indent=2)
-        save_weights(os.path.join(out_dir, "weights.npz"), trainer.store)
+        try:  # only rank 0 is left here: the other ranks have finished
+            save_weights(os.path.join(out_dir, "weights.npz"), trainer.store)
+            atomic_write(os.path.join(out_dir, "summary.json"),
+                         lambda f: f.write(json.dumps(summary, indent=2).encode()))
+        except OSError as exc:
+            _fail(f"--out {out_dir}: cannot write the final outputs ({exc.strerror or exc})")
+            return EXIT_USAGE
         if trainer.model.spec.finish is not None:  # model-specific outputs (the VAE's PNG)
             written = trainer.model.spec.finish(trainer.model, trainer.data, out_dir)
             print(f"wrote {written}" if written else f"{cfg.model}: extra outputs skipped "
