@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from mpidl import __version__
 from mpidl.comm import Communicator
 from mpidl.config import RunConfig
 from mpidl.data import ShardedSampler, eval_shard, load_dataset
@@ -66,6 +67,8 @@ class Trainer:
         self.store = self.model.store
 
         # A mismatch here would otherwise surface as a hang or a silent divergence.
+        comm.check_same(f"mpidl version (this rank runs {__version__})",
+                        hashlib.sha256(__version__.encode()).digest())
         comm.check_same("configuration", cfg.digest())
         comm.check_same("model parameter layout", self.store.layout_digest())
         comm.check_same(f"dataset {cfg.dataset} (size, shapes or contents)", self.data.digest())

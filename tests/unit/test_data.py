@@ -135,3 +135,16 @@ def test_label_count_mismatch_and_out_of_range_labels(tmp_path):
     _write_mnist(tmp_path, labels_train=np.full(12, 10))
     with pytest.raises(DataError, match="outside the 10 classes"):
         load_dataset("mnist", str(tmp_path))
+
+
+def test_non_finite_inputs_are_refused_by_name():
+    from mpidl.data.datasets import Dataset
+    x = np.zeros((4, 3))
+    x[2, 1] = np.nan
+    ds = Dataset("toy", "regression", x, np.zeros((4, 1)), np.zeros((2, 3)), np.zeros((2, 1)), num_classes=1)
+    with pytest.raises(DataError, match="toy: train inputs contain NaN or infinite values"):
+        ds.validate()
+    ds.x_train[2, 1] = 0
+    ds.y_val[1, 0] = np.inf
+    with pytest.raises(DataError, match="validation targets contain NaN"):
+        ds.validate()
