@@ -92,7 +92,7 @@ MODELS: dict[str, ModelSpec] = {
                              momentum=0.9),
                         "linear regression, mean squared error"),
     "cnn": ModelSpec(build_cnn, "cross_entropy", "classification",
-                     dict(dataset="fashion-mnist", epochs=4, batch_size=64, optimizer="sgd", lr=0.02,
+                     dict(dataset="fashion-mnist", epochs=4, batch_size=64, optimizer="sgd", lr=0.02, schedule="cosine",
                           momentum=0.9),
                      "conv32-pool-conv64-pool-fc512 (CIFAR-10 classic; 1-channel variant for 28x28)"),
     "lenet": ModelSpec(build_lenet, "cross_entropy", "classification",

@@ -77,13 +77,15 @@ def conv2d_backward(dy, cache, need_dx=True, need_db=True):
     db = dy_mat.sum(axis=0) if need_db else None
     if not need_dx:
         return None, dW, db
-    dcols = (dy_mat @ W_mat).reshape(N, Ho, Wo, kh, kw, C)
-    # col2im: each kernel offset adds its patch gradients back onto a strided slice of the
-    # padded input; kh*kw vectorised adds, no loop over pixels.
+    # col2im: the patch gradients of kernel offset (p, q) are dy_mat @ W[:, :, p, q], added onto
+    # a shifted slice of the padded input gradient. One batched GEMM gives them offset-major,
+    # (kh*kw, N, Ho, Wo, C), so each of the kh*kw adds runs over long contiguous rows.
+    W_offsets = W_mat.reshape(F, kh * kw, C).transpose(1, 0, 2)        # (kh*kw, F, C) view
+    dcols = np.matmul(dy_mat, W_offsets).reshape(kh, kw, N, Ho, Wo, C)
     dxp = np.zeros((N, H + 2 * ph, Wd + 2 * pw, C), dtype=dy.dtype)
     for p in range(kh):
         rows = _window_slices(p, dh, sh, Ho)
         for q in range(kw):
-            dxp[:, rows, _window_slices(q, dw, sw, Wo), :] += dcols[:, :, :, p, q, :]
+            dxp[:, rows, _window_slices(q, dw, sw, Wo), :] += dcols[p, q]
     dx = dxp[:, ph:ph + H, pw:pw + Wd, :].transpose(0, 3, 1, 2)
     return dx, dW, db

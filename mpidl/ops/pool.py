@@ -27,21 +27,58 @@ def _geometry(x, kernel, stride):
     return (kh, kw), (sh, sw), (Ho, Wo)
 
 
+def _tiles(x, kernel, stride):
+    """For the common case of non-overlapping windows that tile the input exactly: x as a
+    channels-last view (N, Ho, kh, Wo, kw, C) -- no copy when x is channels-last in memory,
+    as conv2d's output is -- else None."""
+    (kh, kw), (sh, sw), (Ho, Wo) = _geometry(x, kernel, stride)
+    N, C, H, W = x.shape
+    if (kh, kw) != (sh, sw) or Ho * kh != H or Wo * kw != W:
+        return None
+    return x.transpose(0, 2, 3, 1).reshape(N, Ho, kh, Wo, kw, C)
+
+
 def maxpool2d_forward(x, kernel=2, stride=None):
-    """Maximum over each window; the first maximum in (row, column) order wins ties, as in PyTorch."""
+    """Maximum over each window; the first maximum in (row, column) order wins ties, as in PyTorch.
+    The cache holds the winning offset of each window (one byte per output)."""
     (kh, kw), s, hw = _geometry(x, kernel, stride)
-    y = _offset_view(x, 0, 0, s, hw).copy()
-    arg = np.zeros(y.shape, dtype=np.uint8 if kh * kw < 256 else np.int32)
+    tiles = _tiles(x, kernel, stride)
+    if tiles is not None:
+        # Work channels-last and hand back an NCHW view, keeping conv2d's memory layout.
+        offset = lambda a, p, q: a[:, :, p, :, q, :]  # noqa: E731
+        src = tiles
+    else:
+        offset = lambda a, p, q: _offset_view(a, p, q, s, hw)  # noqa: E731
+        src = x
+    y = offset(src, 0, 0).copy()
+    if kh * kw > 256:
+        raise ValueError(f"pool: window {kh}x{kw} too large")
+    arg = np.zeros(y.shape, dtype=np.uint8)
+    better = np.empty(y.shape, dtype=bool)
+    flag = better.view(np.uint8)
     for k in range(1, kh * kw):
-        v = _offset_view(x, k // kw, k % kw, s, hw)
-        better = v > y
-        np.copyto(y, v, where=better)
-        arg[better] = k
-    return y, (arg, x.shape, x.dtype, (kh, kw), s, hw)
+        v = offset(src, k // kw, k % kw)
+        np.greater(v, y, out=better)      # strictly greater: an earlier offset keeps ties
+        np.maximum(y, v, out=y)
+        # Offsets grow with k, so max(arg, k*better) records the latest strict improvement
+        # (masked copies are several times slower than these plain ufuncs).
+        flag *= k
+        np.maximum(arg, flag, out=arg)
+    if tiles is not None:
+        y = y.transpose(0, 3, 1, 2)
+    return y, (arg, x.shape, (kh, kw), s, hw, tiles is not None)
 
 
 def maxpool2d_backward(dy, cache):
-    arg, x_shape, dtype, (kh, kw), s, hw = cache
+    arg, x_shape, (kh, kw), s, hw, tiled = cache
+    if tiled:
+        N, C, H, W = x_shape
+        (Ho, Wo) = hw
+        dy_t = dy.transpose(0, 2, 3, 1)
+        dx = np.empty((N, Ho, kh, Wo, kw, C), dtype=dy.dtype)  # every element written below
+        for k in range(kh * kw):
+            np.multiply(dy_t, arg == k, out=dx[:, :, k // kw, :, k % kw, :])
+        return dx.reshape(N, H, W, C).transpose(0, 3, 1, 2)
     dx = np.zeros(x_shape, dtype=dy.dtype)
     for k in range(kh * kw):
         # Overlapping windows (stride < kernel) add up, hence += rather than assignment.
