@@ -33,6 +33,8 @@ _ALLOWED_GLOBALS = {
     ("numpy._core.numeric", "_frombuffer"),
     ("numpy", "ndarray"),
     ("numpy", "dtype"),
+    # Python 3 writes bytes under protocol 2 as _codecs.encode(text, 'latin1'): a pure function.
+    ("_codecs", "encode"),
 }
 
 
