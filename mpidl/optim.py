@@ -51,19 +51,24 @@ class SGD(Optimizer):
         self.momentum = float(momentum)
         self.nesterov = bool(nesterov)
         self.velocity = np.zeros_like(data) if momentum else None
+        self._step_buf = np.empty_like(data)
 
     def step(self, data, grad, lr):
         g = self._grad_with_l2(data, grad)
+        step = self._step_buf   # scratch, so no temporary the size of the model per step
         if self.velocity is None:
-            data -= lr * g
+            np.multiply(g, lr, out=step)
         else:
             v = self.velocity
             v *= self.momentum
             v += g
             if self.nesterov:
-                data -= lr * (g + self.momentum * v)
+                np.multiply(v, self.momentum, out=step)
+                step += g
+                step *= lr
             else:
-                data -= lr * v
+                np.multiply(v, lr, out=step)
+        data -= step
         self.steps += 1
 
     def state_dict(self):

@@ -77,15 +77,16 @@ def conv2d_backward(dy, cache, need_dx=True, need_db=True):
     db = dy_mat.sum(axis=0) if need_db else None
     if not need_dx:
         return None, dW, db
-    # col2im: the patch gradients of kernel offset (p, q) are dy_mat @ W[:, :, p, q], added onto
-    # a shifted slice of the padded input gradient. One batched GEMM gives them offset-major,
-    # (kh*kw, N, Ho, Wo, C), so each of the kh*kw adds runs over long contiguous rows.
-    W_offsets = W_mat.reshape(F, kh * kw, C).transpose(1, 0, 2)        # (kh*kw, F, C) view
-    dcols = np.matmul(dy_mat, W_offsets).reshape(kh, kw, N, Ho, Wo, C)
+    # col2im: the patch gradients of kernel offset (p, q) are dy_mat @ W[:, :, p, q], added onto a
+    # shifted slice of the padded input gradient. One offset at a time, into a scratch block that
+    # stays in cache, instead of materialising all N*Ho*Wo*kh*kw*C patch gradients first.
+    W_offsets = np.ascontiguousarray(W_mat.reshape(F, kh * kw, C).transpose(1, 0, 2))  # (kh*kw, F, C)
     dxp = np.zeros((N, H + 2 * ph, Wd + 2 * pw, C), dtype=dy.dtype)
+    block = np.empty((N * Ho * Wo, C), dtype=dy.dtype)
     for p in range(kh):
         rows = _window_slices(p, dh, sh, Ho)
         for q in range(kw):
-            dxp[:, rows, _window_slices(q, dw, sw, Wo), :] += dcols[p, q]
+            np.matmul(dy_mat, W_offsets[p * kw + q], out=block)
+            dxp[:, rows, _window_slices(q, dw, sw, Wo), :] += block.reshape(N, Ho, Wo, C)
     dx = dxp[:, ph:ph + H, pw:pw + Wd, :].transpose(0, 3, 1, 2)
     return dx, dW, db
