@@ -14,6 +14,10 @@ import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
 
+# Below this many input channels the patch matrix is gathered channels-first (see conv2d_forward).
+FEW_CHANNELS = 8
+
+
 def _pair(v) -> tuple[int, int]:
     return (int(v), int(v)) if np.isscalar(v) else (int(v[0]), int(v[1]))
 
@@ -42,45 +46,60 @@ def conv2d_forward(x, W, b=None, stride=1, padding=0, dilation=1, keep_cols=True
     if Ho < 1 or Wo < 1:
         raise ValueError(f"conv2d: kernel {kh}x{kw} does not fit the padded {H}x{Wd} input")
 
-    # Channels-last padded copy; only needed when padding or when x is not channels-last already.
-    x_nhwc = x.transpose(0, 2, 3, 1)
-    if ph or pw:
-        xp = np.zeros((N, H + 2 * ph, Wd + 2 * pw, C), dtype=x.dtype)
-        xp[:, ph:ph + H, pw:pw + Wd, :] = x_nhwc
+    window = (dh * (kh - 1) + 1, dw * (kw - 1) + 1)
+    if C < FEW_CHANNELS:
+        # Few channels (the first layer): patches stored transposed, (c, p, q | n, i, j), gathered
+        # from an NCHW copy, so the copy runs along image rows instead of along 1-3 channels.
+        xp = np.zeros((N, C, H + 2 * ph, Wd + 2 * pw), dtype=x.dtype)
+        xp[:, :, ph:ph + H, pw:pw + Wd] = x
+        windows = sliding_window_view(xp, window, axis=(2, 3))[:, :, ::sh, ::sw, ::dh, ::dw][:, :, :Ho, :Wo]
+        cols_t = np.empty((C, kh, kw, N, Ho, Wo), dtype=x.dtype)
+        np.copyto(cols_t, windows.transpose(1, 4, 5, 0, 2, 3))
+        cols = cols_t.reshape(C * kh * kw, N * Ho * Wo).T        # (N*Ho*Wo, K) as a transposed view
+        W_mat = W.reshape(F, C * kh * kw)                           # (c, p, q) order: no copy
     else:
-        xp = x_nhwc
-    # All windows as a strided view (N, Ho', Wo', C, kh', kw'), subsampled for stride and
-    # dilation, then copied once into the patch matrix ordered (n, i, j | p, q, c).
-    windows = sliding_window_view(xp, (dh * (kh - 1) + 1, dw * (kw - 1) + 1), axis=(1, 2))
-    windows = windows[:, ::sh, ::sw, :, ::dh, ::dw][:, :Ho, :Wo]
-    cols = np.empty((N, Ho, Wo, kh, kw, C), dtype=x.dtype)
-    np.copyto(cols, windows.transpose(0, 1, 2, 4, 5, 3))
-    cols = cols.reshape(N * Ho * Wo, kh * kw * C)
-    W_mat = W.transpose(0, 2, 3, 1).reshape(F, kh * kw * C)   # small copy, same (p, q, c) order
-    out = cols @ W_mat.T                                       # (N*Ho*Wo, F): NHWC memory
+        # Channels-last padded copy (a view of conv2d's own output layout needs no transpose copy),
+        # all windows as a strided view subsampled for stride and dilation, then copied once
+        # into the patch matrix ordered (n, i, j | p, q, c).
+        x_nhwc = x.transpose(0, 2, 3, 1)
+        if ph or pw:
+            xp = np.zeros((N, H + 2 * ph, Wd + 2 * pw, C), dtype=x.dtype)
+            xp[:, ph:ph + H, pw:pw + Wd, :] = x_nhwc
+        else:
+            xp = x_nhwc
+        windows = sliding_window_view(xp, window, axis=(1, 2))[:, ::sh, ::sw, :, ::dh, ::dw][:, :Ho, :Wo]
+        cols = np.empty((N, Ho, Wo, kh, kw, C), dtype=x.dtype)
+        np.copyto(cols, windows.transpose(0, 1, 2, 4, 5, 3))
+        cols = cols.reshape(N * Ho * Wo, kh * kw * C)
+        W_mat = W.transpose(0, 2, 3, 1).reshape(F, kh * kw * C)   # small copy, same (p, q, c) order
+    out = cols @ W_mat.T                                           # the one GEMM: (N*Ho*Wo, F), NHWC memory
     if b is not None:
         out += b
     y = out.reshape(N, Ho, Wo, F).transpose(0, 3, 1, 2)
-    cache = (cols if keep_cols else None, W_mat, x.shape, W.shape, (sh, sw), (ph, pw), (dh, dw), (Ho, Wo))
+    cache = (cols if keep_cols else None, W, x.shape, (sh, sw), (ph, pw), (dh, dw), (Ho, Wo))
     return y, cache
 
 
 def conv2d_backward(dy, cache, need_dx=True, need_db=True):
     """Returns (dx, dW, db); dx is None when not needed, db None when there is no bias."""
-    cols, W_mat, x_shape, W_shape, (sh, sw), (ph, pw), (dh, dw), (Ho, Wo) = cache
+    cols, W, x_shape, (sh, sw), (ph, pw), (dh, dw), (Ho, Wo) = cache
     if cols is None:
         raise RuntimeError("conv2d_backward: the forward pass ran without keeping its patches")
     N, C, H, Wd = x_shape
-    F, _, kh, kw = W_shape
+    F, _, kh, kw = W.shape
     dy_mat = dy.transpose(0, 2, 3, 1).reshape(N * Ho * Wo, F)  # a view when dy is channels-last
-    dW = (dy_mat.T @ cols).reshape(F, kh, kw, C).transpose(0, 3, 1, 2)
+    dW_mat = dy_mat.T @ cols
+    if C < FEW_CHANNELS:
+        dW = dW_mat.reshape(F, C, kh, kw)
+    else:
+        dW = dW_mat.reshape(F, kh, kw, C).transpose(0, 3, 1, 2)
     db = dy_mat.sum(axis=0) if need_db else None
     if not need_dx:
         return None, dW, db
     # col2im: the patch gradients of kernel offset (p, q) are dy_mat @ W[:, :, p, q], added onto a
     # shifted slice of the padded input gradient. One offset at a time, into a scratch block that
     # stays in cache, instead of materialising all N*Ho*Wo*kh*kw*C patch gradients first.
-    W_offsets = np.ascontiguousarray(W_mat.reshape(F, kh * kw, C).transpose(1, 0, 2))  # (kh*kw, F, C)
+    W_offsets = np.ascontiguousarray(W.transpose(2, 3, 0, 1).reshape(kh * kw, F, C))  # (kh*kw, F, C)
     dxp = np.zeros((N, H + 2 * ph, Wd + 2 * pw, C), dtype=dy.dtype)
     block = np.empty((N * Ho * Wo, C), dtype=dy.dtype)
     for p in range(kh):

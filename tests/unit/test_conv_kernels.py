@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from mpidl.ops import pool, regularize as reg
-from mpidl.ops.conv import conv2d_backward, conv2d_forward, output_size
+from mpidl.ops.conv import FEW_CHANNELS, conv2d_backward, conv2d_forward, output_size
 
 FD_EPS, FD_RTOL = 1e-6, 1e-6
 TORCH_TOL = {np.float64: 1e-10, np.float32: 2e-5}
@@ -39,7 +39,9 @@ def random_conv_case(seed):
         H, W = rng.integers(4, 10, size=2)
         if output_size(H, k[0], s[0], p[0], d[0]) >= 1 and output_size(W, k[1], s[1], p[1], d[1]) >= 1:
             break
-    N, C, F = rng.integers(1, 4), rng.integers(1, 4), rng.integers(1, 5)
+    # Both patch layouts: few input channels (gathered channels-first) and many (channels-last).
+    N, F = rng.integers(1, 4), rng.integers(1, 5)
+    C = rng.integers(1, 4) if seed % 3 else rng.integers(FEW_CHANNELS, FEW_CHANNELS + 3)
     return rng, (int(N), int(C), int(H), int(W)), (int(F), int(C), *map(int, k)), s, p, d
 
 
@@ -135,9 +137,10 @@ def test_conv2d_matches_pytorch(seed, dtype):
         assert_close(ours, theirs, dtype, what)
 
 
-def test_conv2d_skips_input_gradient_when_not_needed():
+@pytest.mark.parametrize("channels", [3, FEW_CHANNELS + 1])
+def test_conv2d_skips_input_gradient_when_not_needed(channels):
     rng = np.random.default_rng(7)
-    x, W = rng.normal(size=(2, 3, 6, 6)), rng.normal(size=(4, 3, 3, 3))
+    x, W = rng.normal(size=(2, channels, 6, 6)), rng.normal(size=(4, channels, 3, 3))
     _, cache = conv2d_forward(x, W, None, 1, 1, 1)
     dy = rng.normal(size=(2, 4, 6, 6))
     dx, dW, db = conv2d_backward(dy, cache, need_dx=False, need_db=False)
