@@ -88,12 +88,13 @@ def conv2d_backward(dy, cache, need_dx=True, need_db=True):
     N, C, H, Wd = x_shape
     F, _, kh, kw = W.shape
     dy_mat = dy.transpose(0, 2, 3, 1).reshape(N * Ho * Wo, F)  # a view when dy is channels-last
-    dW_mat = dy_mat.T @ cols
     if C < FEW_CHANNELS:
-        dW = dW_mat.reshape(F, C, kh, kw)
+        # cols is a transposed view of the (K, N*Ho*Wo) patches: multiply in their own layout.
+        dW = (cols.T @ dy_mat).T.reshape(F, C, kh, kw)
     else:
-        dW = dW_mat.reshape(F, kh, kw, C).transpose(0, 3, 1, 2)
-    db = dy_mat.sum(axis=0) if need_db else None
+        dW = (dy_mat.T @ cols).reshape(F, kh, kw, C).transpose(0, 3, 1, 2)
+    # Column sums as a matrix-vector product: several times faster than sum(axis=0) on a tall matrix.
+    db = np.ones(N * Ho * Wo, dtype=dy.dtype) @ dy_mat if need_db else None
     if not need_dx:
         return None, dW, db
     # col2im: the patch gradients of kernel offset (p, q) are dy_mat @ W[:, :, p, q], added onto a
