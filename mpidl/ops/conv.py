@@ -5,7 +5,11 @@ as in PyTorch). Inside, the patch matrix is laid out channels-last, (N*Ho*Wo, kh
 gathering it reads runs of C contiguous numbers, and the GEMM result (N*Ho*Wo, F) is
 already the output in NHWC memory. The output is returned as an NCHW *view* of that
 memory, so no transpose is copied; element-wise layers and pooling keep the layout,
-and the next convolution reads it directly.
+and the next convolution reads it directly. Inputs with few channels (a network's first
+layer) are gathered channels-first instead, where the runs along image rows are longer.
+
+Backward: weight gradient = one GEMM with the cached patches; input gradient = col2im,
+one GEMM and one strided add per kernel offset (kh*kw of them, never a loop over pixels).
 """
 
 from __future__ import annotations
