@@ -59,6 +59,37 @@ def build_linear(store, shape, n_out, options):
     return Sequential(Flatten(), Linear(store, "linear", _flat_features(shape), n_out, init="xavier"))
 
 
+def build_cnn(store, shape, n_out, options):
+    """The classic CIFAR-10 network; on 1-channel 28x28 images the same layers give fc 3136->512.
+
+    conv-ReLU-maxpool is built as conv-maxpool-ReLU: max-pooling commutes with ReLU (both are
+    monotone), so the function and its gradients are the same, with a quarter of the ReLU work.
+    """
+    from mpidl.convnet import Conv2d, MaxPool2d
+    channels, height, width = shape
+    return Sequential(
+        Conv2d(store, "conv1", channels, 32, 3, padding=1), MaxPool2d(2), ReLU(),
+        Conv2d(store, "conv2", 32, 64, 3, padding=1), MaxPool2d(2), ReLU(),
+        Flatten(),
+        Linear(store, "fc1", 64 * (height // 4) * (width // 4), 512), ReLU(),
+        Linear(store, "fc2", 512, n_out, init="xavier"))
+
+
+def build_lenet(store, shape, n_out, options):
+    """LeNet-5 (LeCun et al., 1998) with ReLU and max-pooling; 28x28 inputs are padded to 32x32."""
+    from mpidl.convnet import Conv2d, MaxPool2d
+    channels, height, width = shape
+    pad = max(0, (32 - min(height, width)) // 2)
+    h, w = ((height + 2 * pad - 4) // 2 - 4) // 2, ((width + 2 * pad - 4) // 2 - 4) // 2
+    return Sequential(
+        Conv2d(store, "conv1", channels, 6, 5, padding=pad), MaxPool2d(2), ReLU(),  # order: see build_cnn
+        Conv2d(store, "conv2", 6, 16, 5), MaxPool2d(2), ReLU(),
+        Flatten(),
+        Linear(store, "fc1", 16 * h * w, 120), ReLU(),
+        Linear(store, "fc2", 120, 84), ReLU(),
+        Linear(store, "fc3", 84, n_out, init="xavier"))
+
+
 MODELS: dict[str, ModelSpec] = {
     "xor": ModelSpec(build_xor, "bce", "binary",
                      dict(dataset="xor", epochs=2000, batch_size=4, optimizer="sgd", lr=0.5, momentum=0.9, seed=1),
@@ -73,6 +104,14 @@ MODELS: dict[str, ModelSpec] = {
                         dict(dataset="regression", epochs=20, batch_size=64, optimizer="sgd", lr=0.02,
                              momentum=0.9),
                         "linear regression, mean squared error"),
+    "cnn": ModelSpec(build_cnn, "cross_entropy", "classification",
+                     dict(dataset="fashion-mnist", epochs=4, batch_size=64, optimizer="sgd", lr=0.02,
+                          momentum=0.9, schedule="cosine"),
+                     "conv32-pool-conv64-pool-fc512 (CIFAR-10 classic; 1-channel variant for 28x28)"),
+    "lenet": ModelSpec(build_lenet, "cross_entropy", "classification",
+                       dict(dataset="fashion-mnist", epochs=5, batch_size=64, optimizer="sgd", lr=0.02,
+                            momentum=0.9),
+                       "LeNet-5: conv6-pool-conv16-pool-fc120-fc84, ReLU"),
 }
 
 

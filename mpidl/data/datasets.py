@@ -147,7 +147,13 @@ LOADERS = {
     "fashion-mnist": lambda data_dir: load_idx_dataset("fashion-mnist", data_dir),
     "xor": load_xor,
     "regression": load_regression,
+    "cifar10": lambda data_dir: _load_cifar10(data_dir),
 }
+
+
+def _load_cifar10(data_dir):
+    from mpidl.data.cifar import load_cifar10  # imports Dataset from here, so imported late
+    return load_cifar10(data_dir)
 
 
 def load_dataset(name: str, data_dir: str | None = None) -> Dataset:

@@ -11,7 +11,8 @@ def relu_forward(x):
 
 
 def relu_backward(dy, y):
-    return np.where(y > 0, dy, 0).astype(dy.dtype, copy=False)
+    # Multiplying by the 0/1 mask is several times faster than np.where on large arrays.
+    return dy * (y > 0)
 
 
 def sigmoid_forward(x):

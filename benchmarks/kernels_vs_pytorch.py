@@ -1,0 +1,203 @@
+"""Samples/s of one full training step (forward, loss, backward, SGD-momentum update),
+mpidl's NumPy kernels against the same model in PyTorch eager, one process, one BLAS thread.
+
+    pip install torch==2.13.0          # CPU build; never a runtime dependency of mpidl
+    python benchmarks/kernels_vs_pytorch.py [--repeats 9] [--quick]
+
+Both frameworks run in the same process, alternating timed blocks so that a busy machine
+slows both alike; each figure is the median over the blocks. Also printed: the achieved
+GFLOP/s (multiply-adds of the GEMMs in forward and backward, x2) against this machine's
+single-thread float32 GEMM rate measured in the same run. Results go to
+benchmarks/results/kernels_vs_pytorch.{json,md}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+
+import numpy as np
+from threadpoolctl import threadpool_limits
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from mpidl.convnet import Conv2d  # noqa: E402
+from mpidl.layers import Linear  # noqa: E402
+from mpidl.models import Model  # noqa: E402
+from mpidl.optim import SGD  # noqa: E402
+
+CASES = [  # (label, model, sample shape, batch, mlp hidden sizes)
+    ("mlp 784-64-64-10, batch 64", "mlp", (1, 28, 28), 64),
+    ("mlp 784-64-64-10, batch 256", "mlp", (1, 28, 28), 256),
+    ("cnn 28x28x1, batch 64", "cnn", (1, 28, 28), 64),
+    ("cnn 32x32x3, batch 100", "cnn", (3, 32, 32), 100),
+]
+LR, MOMENTUM = 0.01, 0.9
+
+
+def gemm_gflops(n=1024, repeats=7) -> float:
+    a = np.random.default_rng(0).random((n, n), dtype=np.float32)
+    b = np.random.default_rng(1).random((n, n), dtype=np.float32)
+    a @ b
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        a @ b
+        times.append(time.perf_counter() - t)
+    return 2 * n ** 3 / min(times) / 1e9
+
+
+def step_flops(model: Model, shape, batch) -> float:
+    """2 x multiply-adds of every Linear/Conv GEMM: forward, weight gradient, input gradient
+    (skipped for the first layer, as both frameworks do)."""
+    x = np.zeros((1, *shape), dtype=np.float32)
+    total = 0.0
+    for layer in model.net.layers:
+        y = layer.forward(x, train=False)
+        if isinstance(layer, (Linear, Conv2d)):
+            macs = y.size * int(np.prod(layer.W.shape[1:]))
+            total += macs * (3 if layer.need_input_grad else 2)
+        x = y
+    return 2.0 * total * batch
+
+
+def torch_model(name, shape, n_out=10, pool_first=False):
+    """The same network in PyTorch. pool_first: max-pool before ReLU, the order mpidl's builder
+    uses (same function); PyTorch is timed both ways and the faster counts."""
+    import torch.nn as nn
+    C, H, W = shape
+    if name == "mlp":
+        return nn.Sequential(nn.Flatten(), nn.Linear(C * H * W, 64), nn.ReLU(), nn.Linear(64, 64), nn.ReLU(),
+                             nn.Linear(64, n_out))
+
+    def block(cin, cout):
+        conv, act, pool = nn.Conv2d(cin, cout, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2)
+        return [conv, pool, act] if pool_first else [conv, act, pool]
+
+    return nn.Sequential(*block(C, 32), *block(32, 64), nn.Flatten(),
+                         nn.Linear(64 * (H // 4) * (W // 4), 512), nn.ReLU(), nn.Linear(512, n_out))
+
+
+def make_steps(name, shape, batch):
+    import torch
+    rng = np.random.default_rng(0)
+    x = rng.random((batch, *shape), dtype=np.float32)
+    y = rng.integers(0, 10, batch)
+
+    model = Model(name, shape, 10, {"hidden": (64, 64)})
+    model.allocate(np.float32, 0)
+    opt = SGD(model.store.data, momentum=MOMENTUM)
+
+    def mpidl_step():
+        model.store.zero_grad()
+        model.train_step_grads(x, y)
+        opt.step(model.store.data, model.store.grad, LR)
+
+    tx, ty = torch.from_numpy(x), torch.from_numpy(y)
+    loss_fn = torch.nn.CrossEntropyLoss()
+
+    def torch_stepper(pool_first):
+        net = torch_model(name, shape, pool_first=pool_first)
+        topt = torch.optim.SGD(net.parameters(), lr=LR, momentum=MOMENTUM)
+
+        def torch_step():
+            topt.zero_grad(set_to_none=True)
+            loss_fn(net(tx), ty).backward()
+            topt.step()
+        return torch_step
+
+    torch_steps = {"pytorch": torch_stepper(False)}
+    if name != "mlp":
+        torch_steps["pytorch_pool_first"] = torch_stepper(True)
+    return model, mpidl_step, torch_steps
+
+
+def time_block(step, n) -> tuple[float, float]:
+    """(wall seconds, CPU seconds of this process) per step."""
+    t, c = time.perf_counter(), time.process_time()
+    for _ in range(n):
+        step()
+    return (time.perf_counter() - t) / n, (time.process_time() - c) / n
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--repeats", type=int, default=9, help="timed blocks per framework (median taken)")
+    ap.add_argument("--block-seconds", type=float, default=0.5, help="rough length of one timed block")
+    ap.add_argument("--only", default="", help="run only the cases whose label contains this text")
+    ap.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results"))
+    args = ap.parse_args(argv)
+
+    import torch
+    torch.set_num_threads(1)
+    threadpool_limits(1)
+    gemm = gemm_gflops()
+    print(f"single-thread float32 GEMM (1024^3, NumPy/OpenBLAS): {gemm:.1f} GFLOP/s")
+    rows = []
+    for label, name, shape, batch in [c for c in CASES if args.only in c[0]]:
+        model, mpidl_step, torch_steps = make_steps(name, shape, batch)
+        steps = {"mpidl": mpidl_step, **torch_steps}
+        flops = step_flops(model, shape, batch)
+        for step in steps.values():  # warm-up: first-touch allocations, caches
+            for _ in range(5):
+                step()
+        probe = time_block(mpidl_step, 3)[0]
+        n = max(3, int(args.block_seconds / probe))
+        wall = {k: [] for k in steps}
+        cpu = {k: [] for k in steps}
+        order = list(steps.items())
+        for r in range(args.repeats):  # interleave, rotating who goes first
+            for key, step in order[r % len(order):] + order[:r % len(order)]:
+                w, c = time_block(step, n)
+                wall[key].append(w)
+                cpu[key].append(c)
+        med = {k: statistics.median(v) for k, v in wall.items()}
+        med_cpu = {k: statistics.median(v) for k, v in cpu.items()}
+        best = min(torch_steps, key=lambda k: med[k])  # the faster PyTorch variant
+        row = dict(case=label, batch=batch, steps_per_block=n, blocks=args.repeats, pytorch_variant=best,
+                   mpidl_samples_per_s=batch / med["mpidl"], pytorch_samples_per_s=batch / med[best],
+                   ratio=med[best] / med["mpidl"],
+                   cpu_ratio=med_cpu[best] / med_cpu["mpidl"],
+                   mpidl_cpu_samples_per_s=batch / med_cpu["mpidl"],
+                   pytorch_cpu_samples_per_s=batch / med_cpu[best],
+                   all_samples_per_s={k: batch / v for k, v in med.items()},
+                   mpidl_spread=[batch / max(wall["mpidl"]), batch / min(wall["mpidl"])],
+                   pytorch_spread=[batch / max(wall[best]), batch / min(wall[best])],
+                   gflop_per_step=flops / 1e9,
+                   mpidl_gflops=flops / med["mpidl"] / 1e9, pytorch_gflops=flops / med[best] / 1e9)
+        rows.append(row)
+        print(f"{label:30s} mpidl {row['mpidl_samples_per_s']:9.0f}/s  pytorch {row['pytorch_samples_per_s']:9.0f}/s"
+              f"  ratio {row['ratio']:.2f}x (CPU time {row['cpu_ratio']:.2f}x)  GFLOP/s {row['mpidl_gflops']:5.1f} vs {row['pytorch_gflops']:5.1f}"
+              f" ({100 * row['mpidl_gflops'] / gemm:.0f}% / {100 * row['pytorch_gflops'] / gemm:.0f}% of GEMM)",
+              flush=True)
+
+    meta = dict(numpy=np.__version__, torch=torch.__version__, python=platform.python_version(),
+                machine=platform.machine(), cpu_count=os.cpu_count(), load_average=os.getloadavg(),
+                gemm_gflops_1thread=gemm, time=time.strftime("%Y-%m-%d %H:%M:%S"))
+    os.makedirs(args.out, exist_ok=True)
+    with open(os.path.join(args.out, "kernels_vs_pytorch.json"), "w") as f:
+        json.dump(dict(meta=meta, results=rows), f, indent=2)
+    with open(os.path.join(args.out, "kernels_vs_pytorch.md"), "w") as f:
+        f.write(f"# One training step, mpidl vs PyTorch eager (1 thread)\n\n"
+                f"numpy {meta['numpy']}, torch {meta['torch']}, {meta['time']}, load average "
+                f"{meta['load_average'][0]:.1f}; single-thread float32 GEMM {gemm:.1f} GFLOP/s\n\n"
+                "Medians over interleaved blocks; ratio = mpidl / PyTorch throughput (wall clock, and by "
+                "process CPU time, which a busy machine disturbs less). PyTorch: the faster of the two "
+                "layer orders.\n\n"
+                "| case | mpidl samples/s | PyTorch samples/s | ratio | ratio (CPU time) | mpidl GFLOP/s "
+                "| PyTorch GFLOP/s |\n"
+                "|---|---:|---:|---:|---:|---:|---:|\n")
+        for r in rows:
+            f.write(f"| {r['case']} | {r['mpidl_samples_per_s']:.0f} | {r['pytorch_samples_per_s']:.0f} | "
+                    f"{r['ratio']:.2f}x | {r['cpu_ratio']:.2f}x | {r['mpidl_gflops']:.1f} | "
+                    f"{r['pytorch_gflops']:.1f} |\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,270 @@
+"""Convolution, pooling, dropout and batch-norm kernels: backward against central finite
+differences in float64 (along random directions, chainer's gradient_check style), and
+forward plus every gradient against PyTorch in float32 and float64.
+
+Tolerances: finite differences rtol 1e-6 (float64, eps 1e-6: truncation ~1e-12, rounding
+~1e-10); PyTorch float64 within 1e-10 x the output scale, float32 within 2e-5 x scale
+(both compute the same sums in a different order).
+"""
+
+import numpy as np
+import pytest
+
+from mpidl.ops import pool, regularize as reg
+from mpidl.ops.conv import FEW_CHANNELS, conv2d_backward, conv2d_forward, output_size
+
+FD_EPS, FD_RTOL = 1e-6, 1e-6
+TORCH_TOL = {np.float64: 1e-10, np.float32: 2e-5}
+
+
+def directional_check(fn, grads_fn, inputs, rng):
+    """fn(*inputs) -> y; grads_fn(dy) -> gradients w.r.t. every input. Compares
+    <dy, J v> by central differences with sum_i <grad_i, v_i> for random dy and v."""
+    y = fn(*inputs)
+    dy = rng.normal(size=y.shape)
+    grads = grads_fn(dy)
+    directions = [rng.normal(size=a.shape) for a in inputs]
+    plus = fn(*[a + FD_EPS * v for a, v in zip(inputs, directions)])
+    minus = fn(*[a - FD_EPS * v for a, v in zip(inputs, directions)])
+    numeric = float(np.sum(dy * (plus - minus)) / (2 * FD_EPS))
+    analytic = float(sum(np.sum(g * v) for g, v in zip(grads, directions)))
+    assert analytic == pytest.approx(numeric, rel=FD_RTOL, abs=1e-9), (analytic, numeric)
+
+
+def random_conv_case(seed):
+    rng = np.random.default_rng(seed)
+    while True:
+        k = tuple(rng.integers(1, 4, size=2))
+        s, p, d = tuple(rng.integers(1, 3, size=2)), tuple(rng.integers(0, 3, size=2)), tuple(rng.integers(1, 3, size=2))
+        H, W = rng.integers(4, 10, size=2)
+        if output_size(H, k[0], s[0], p[0], d[0]) >= 1 and output_size(W, k[1], s[1], p[1], d[1]) >= 1:
+            break
+    # Both patch layouts: few input channels (gathered channels-first) and many (channels-last).
+    N, F = rng.integers(1, 4), rng.integers(1, 5)
+    C = rng.integers(1, 4) if seed % 3 else rng.integers(FEW_CHANNELS, FEW_CHANNELS + 3)
+    return rng, (int(N), int(C), int(H), int(W)), (int(F), int(C), *map(int, k)), s, p, d
+
+
+def channels_last(x):
+    """The same values laid out NHWC in memory, as conv2d hands them on."""
+    return np.ascontiguousarray(x.transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2)
+
+
+# -- finite differences, float64 -------------------------------------------------------
+
+@pytest.mark.parametrize("seed", range(6))
+def test_conv2d_gradients_match_finite_differences(seed):
+    rng, xs, ws, s, p, d = random_conv_case(seed)
+    x, W, b = rng.normal(size=xs), rng.normal(size=ws), rng.normal(size=ws[0])
+
+    def grads(dy):
+        _, cache = conv2d_forward(x, W, b, s, p, d)
+        return conv2d_backward(dy, cache)
+
+    directional_check(lambda x, W, b: conv2d_forward(x, W, b, s, p, d)[0], grads, [x, W, b], rng)
+
+
+@pytest.mark.parametrize("kind", ["max", "avg"])
+@pytest.mark.parametrize("kernel,stride,layout", [(2, None, "nchw"), (2, None, "nhwc"), (3, 2, "nchw"),
+                                                   ((2, 3), (1, 2), "nhwc")])
+def test_pooling_gradients_match_finite_differences(kind, kernel, stride, layout):
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(2, 3, 8, 9))
+    x = channels_last(x) if layout == "nhwc" else x
+    fwd = pool.maxpool2d_forward if kind == "max" else pool.avgpool2d_forward
+    bwd = pool.maxpool2d_backward if kind == "max" else pool.avgpool2d_backward
+    directional_check(lambda x: fwd(x, kernel, stride)[0], lambda dy: [bwd(dy, fwd(x, kernel, stride)[1])],
+                      [x], rng)
+
+
+def test_global_avgpool_gradient_matches_finite_differences():
+    rng = np.random.default_rng(2)
+    x = rng.normal(size=(3, 4, 5, 6))
+    directional_check(lambda x: pool.global_avgpool_forward(x)[0],
+                      lambda dy: [pool.global_avgpool_backward(dy, x.shape)], [x], rng)
+
+
+@pytest.mark.parametrize("shape", [(16, 5), (4, 3, 5, 6)])
+def test_batchnorm_gradients_match_finite_differences(shape):
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=shape) * 2 + 1
+    gamma, beta = rng.normal(size=shape[1]), rng.normal(size=shape[1])
+
+    def forward(x, gamma, beta):
+        mean, var, _ = reg.stats_from_sums(reg.batchnorm_sums(x))
+        return reg.batchnorm_forward(x, gamma, beta, mean, var, 1e-5)
+
+    def grads(dy):
+        y, cache = forward(x, gamma, beta)
+        sums = reg.batchnorm_grad_sums(dy, cache)
+        return reg.batchnorm_backward(dy, cache, sums, sums, x.size // x.shape[1])
+
+    directional_check(lambda *a: forward(*a)[0], grads, [x, gamma, beta], rng)
+
+
+def test_dropout_gradient_matches_finite_differences_with_fixed_mask():
+    x = np.random.default_rng(4).normal(size=(6, 7))
+    _, mask = reg.dropout_forward(x, 0.3, np.random.default_rng(9))
+    directional_check(lambda x: reg.dropout_forward(x, 0.3, np.random.default_rng(9))[0],
+                      lambda dy: [reg.dropout_backward(dy, mask)], [x], np.random.default_rng(5))
+
+
+# -- PyTorch, float32 and float64 ------------------------------------------------------
+
+def assert_close(ours, theirs, dtype, what):
+    theirs = theirs.detach().numpy() if hasattr(theirs, "detach") else theirs
+    assert ours.dtype == dtype, f"{what}: {ours.dtype}"
+    scale = max(1.0, float(np.abs(theirs).max()))
+    err = float(np.abs(ours - theirs).max()) / scale
+    assert err <= TORCH_TOL[dtype], f"{what}: relative error {err:.2e}"
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("seed", range(10))
+def test_conv2d_matches_pytorch(seed, dtype):
+    torch = pytest.importorskip("torch")
+    rng, xs, ws, s, p, d = random_conv_case(100 + seed)
+    x, W, b = (rng.normal(size=sh).astype(dtype) for sh in (xs, ws, (ws[0],)))
+    if seed % 2:
+        x = channels_last(x)
+    y, cache = conv2d_forward(x, W, b, s, p, d)
+    dy = rng.normal(size=y.shape).astype(dtype)
+    dx, dW, db = conv2d_backward(dy, cache)
+    tx, tW, tb = (torch.tensor(np.ascontiguousarray(a), requires_grad=True) for a in (x, W, b))
+    ty = torch.nn.functional.conv2d(tx, tW, tb, stride=s, padding=p, dilation=d)
+    ty.backward(torch.tensor(dy))
+    for ours, theirs, what in ((y, ty, "y"), (dx, tx.grad, "dx"), (dW, tW.grad, "dW"), (db, tb.grad, "db")):
+        assert_close(ours, theirs, dtype, what)
+
+
+@pytest.mark.parametrize("channels", [3, FEW_CHANNELS + 1])
+def test_conv2d_skips_input_gradient_when_not_needed(channels):
+    rng = np.random.default_rng(7)
+    x, W = rng.normal(size=(2, channels, 6, 6)), rng.normal(size=(4, channels, 3, 3))
+    _, cache = conv2d_forward(x, W, None, 1, 1, 1)
+    dy = rng.normal(size=(2, 4, 6, 6))
+    dx, dW, db = conv2d_backward(dy, cache, need_dx=False, need_db=False)
+    assert dx is None and db is None
+    np.testing.assert_allclose(dW, conv2d_backward(dy, cache)[1])
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("kernel,stride", [(2, None), (3, 2), ((3, 2), (2, 1)), (2, 1)])
+def test_pooling_matches_pytorch(kernel, stride, dtype):
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(8)
+    x = rng.normal(size=(3, 4, 9, 8)).astype(dtype)
+    x[0, 0, :2, :2] = 1.5  # a tie: the first maximum must win, as in PyTorch
+    tF = torch.nn.functional
+    for ours_f, ours_b, theirs in ((pool.maxpool2d_forward, pool.maxpool2d_backward, tF.max_pool2d),
+                                   (pool.avgpool2d_forward, pool.avgpool2d_backward, tF.avg_pool2d)):
+        for layout in (x, channels_last(x)):
+            y, cache = ours_f(layout, kernel, stride)
+            dy = rng.normal(size=y.shape).astype(dtype)
+            tx = torch.tensor(x, requires_grad=True)
+            ty = theirs(tx, kernel, stride)
+            ty.backward(torch.tensor(dy))
+            assert_close(y, ty, dtype, ours_f.__name__)
+            assert_close(ours_b(dy, cache), tx.grad, dtype, ours_b.__name__)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_global_avgpool_matches_pytorch(dtype):
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(9)
+    x = rng.normal(size=(2, 5, 7, 3)).astype(dtype)
+    y, shape = pool.global_avgpool_forward(x)
+    dy = rng.normal(size=y.shape).astype(dtype)
+    tx = torch.tensor(x, requires_grad=True)
+    ty = torch.nn.functional.adaptive_avg_pool2d(tx, 1).flatten(1)
+    ty.backward(torch.tensor(dy))
+    assert_close(y, ty, dtype, "y")
+    assert_close(pool.global_avgpool_backward(dy, shape), tx.grad, dtype, "dx")
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape", [(32, 6), (5, 4, 6, 7)])
+def test_batchnorm_layer_matches_pytorch_in_training_and_evaluation(shape, dtype):
+    torch = pytest.importorskip("torch")
+    from mpidl.convnet import BatchNorm1d, BatchNorm2d
+    from mpidl.params import ParamStore
+    rng = np.random.default_rng(10)
+    C = shape[1]
+    store = ParamStore()
+    layer = (BatchNorm1d if len(shape) == 2 else BatchNorm2d)(store, "bn", C, momentum=0.1)
+    store.allocate(dtype)
+    gamma, beta = rng.normal(size=C), rng.normal(size=C)
+    layer.gamma.data[...], layer.beta.data[...] = gamma, beta
+    ref = (torch.nn.BatchNorm1d if len(shape) == 2 else torch.nn.BatchNorm2d)(C, momentum=0.1).to(
+        torch.float64 if dtype == np.float64 else torch.float32)
+    with torch.no_grad():
+        ref.weight.copy_(torch.tensor(gamma)), ref.bias.copy_(torch.tensor(beta))
+    for step in range(3):  # running statistics accumulate over several batches
+        x = (rng.normal(size=shape) * 3 + step).astype(dtype)
+        store.zero_grad()
+        y = layer.forward(x, train=True)
+        dy = rng.normal(size=shape).astype(dtype)
+        dx = layer.backward(dy)
+        tx = torch.tensor(x, requires_grad=True)
+        ref.zero_grad()
+        ty = ref(tx)
+        ty.backward(torch.tensor(dy))
+        assert_close(y, ty, dtype, "y")
+        assert_close(dx, tx.grad, dtype, "dx")
+        assert_close(layer.gamma.grad, ref.weight.grad, dtype, "dgamma")
+        assert_close(layer.beta.grad, ref.bias.grad, dtype, "dbeta")
+    assert_close(layer.running_mean.data, ref.running_mean, dtype, "running_mean")
+    assert_close(layer.running_var.data, ref.running_var, dtype, "running_var")
+    ref.eval()
+    x = rng.normal(size=shape).astype(dtype)
+    assert_close(layer.forward(x, train=False), ref(torch.tensor(x)), dtype, "evaluation output")
+
+
+def test_dropout_layer_masks_from_rank_stream_and_is_off_in_evaluation():
+    from mpidl.convnet import Dropout
+    x = np.ones((200, 50), dtype=np.float32)
+    layer = Dropout(0.25, np.random.default_rng(0))
+    y = layer.forward(x, train=True)
+    assert y.dtype == np.float32
+    kept = y != 0
+    assert 0.72 < kept.mean() < 0.78                       # about 1 - p kept
+    np.testing.assert_allclose(y[kept], 1 / 0.75)          # inverted: survivors scaled by 1/(1-p)
+    np.testing.assert_array_equal(layer.backward(np.ones_like(x)), y)
+    again = Dropout(0.25, np.random.default_rng(0)).forward(x, train=True)
+    np.testing.assert_array_equal(again, y)                # same seed, same mask
+    other = Dropout(0.25, np.random.default_rng(1)).forward(x, train=True)
+    assert (other != y).any()                              # another rank's stream differs
+    assert layer.forward(x, train=False) is x
+
+
+def test_conv_layer_honours_need_input_grad_and_accumulates():
+    from mpidl.convnet import Conv2d
+    from mpidl.params import ParamStore
+    store = ParamStore()
+    conv = Conv2d(store, "c", 3, 4, 3, padding=1)
+    store.allocate(np.float64)
+    x = np.random.default_rng(0).normal(size=(2, 3, 5, 5))
+    dy = np.ones((2, 4, 5, 5))
+    conv.forward(x)
+    assert conv.backward(dy).shape == x.shape
+    once = store.grad.copy()
+    conv.need_input_grad = False
+    conv.forward(x)
+    assert conv.backward(dy) is None
+    np.testing.assert_allclose(store.grad, 2 * once)       # backward adds into the grad views
+
+
+@pytest.mark.parametrize("name,shape,fc_in", [("cnn", (1, 28, 28), 3136), ("cnn", (3, 32, 32), 4096),
+                                              ("lenet", (1, 28, 28), 400), ("lenet", (3, 32, 32), 400)])
+def test_conv_models_pick_their_variant_from_the_sample_shape(name, shape, fc_in):
+    from mpidl.models import Model
+    model = Model(name, shape, 10)
+    model.allocate(np.float32, 0)
+    assert model.store.named()["fc1.weight"].shape[1] == fc_in
+    assert model.net.layers[0].need_input_grad is False    # the first conv skips its input gradient
+    x = np.random.default_rng(0).random((3, *shape), dtype=np.float32)
+    out = model.forward(x, train=False)
+    assert out.shape == (3, 10) and out.dtype == np.float32
+    model.store.zero_grad()
+    loss = model.train_step_grads(x, np.array([1, 2, 3]))
+    assert np.isfinite(loss) and np.abs(model.store.grad).sum() > 0
