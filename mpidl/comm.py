@@ -240,6 +240,9 @@ class Communicator:
     def abort(self, code: int = 1) -> None:
         sys.stdout.flush()
         sys.stderr.flush()
+        # The launcher forwards our output asynchronously and stops forwarding once the abort
+        # tears the job down; without a pause the message explaining it is sometimes lost.
+        time.sleep(0.5)
         self._comm.Abort(code)
 
     def wtime(self) -> float:
