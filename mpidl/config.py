@@ -58,6 +58,14 @@ class RunConfig:
                       choices=("float32", "float64"))
     # machine
     threads: int | None = _opt(UNSET, "BLAS threads per rank (default: cores / ranks on this node)")
+    # data loading and profiling
+    prefetch: int = _opt(2, "batches prepared ahead by a background thread (0: prepare each batch in the "
+                            "training loop)")
+    cache_dir: str | None = _opt(UNSET, "folder where datasets read from files are kept as .npy and "
+                                        "memory-mapped (default ~/.cache/mpidl; 'none': no cache)")
+    timeline: str | None = _opt(UNSET, "write a Chrome trace of every rank's steps to this JSON file "
+                                       "(open in ui.perfetto.dev or chrome://tracing)")
+    timeline_steps: int = _opt(1000, "steps recorded in the --timeline, from the first")
     # output
     out: str | None = _opt(UNSET, "output folder (default runs/MODEL-DATASET-TIME)")
     eval_batch_size: int = _opt(1000, "samples per evaluation batch on each rank")
@@ -199,6 +207,8 @@ def validate(cfg: RunConfig) -> None:
     need(0 < cfg.lr_gamma <= 1, "lr_gamma", "must be in (0, 1]")
     need(cfg.threads is None or cfg.threads >= 1, "threads", "must be at least 1")
     need(cfg.eval_batch_size >= 1, "eval_batch_size", "must be at least 1")
+    need(cfg.prefetch >= 0, "prefetch", "must be non-negative")
+    need(cfg.timeline_steps >= 1, "timeline_steps", "must be at least 1")
     need(not cfg.nesterov or (cfg.optimizer == "sgd" and cfg.momentum > 0), "nesterov",
          "needs --optimizer sgd and --momentum > 0")
     cfg.hidden_sizes()

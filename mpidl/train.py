@@ -21,6 +21,7 @@ from mpidl import __version__
 from mpidl.comm import install_abort_on_exception, launcher_rank, world
 from mpidl.config import parse_config
 from mpidl.errors import UserError
+from mpidl.timing import format_summary
 
 EXIT_USAGE = 2
 
@@ -158,6 +159,9 @@ def main(argv=None) -> int:
     finally:
         reporter.close()
     wall = time.perf_counter() - t0
+    timing = trainer.timing_summary()
+    if cfg.timeline:
+        trainer.write_timeline(cfg.timeline)
 
     if lead:
         last = history[-1]
@@ -175,11 +179,15 @@ def main(argv=None) -> int:
             "wall_time": wall,
             "train_time": trainer.train_time,
             "samples_per_sec": trainer.samples_seen / max(trainer.train_time, 1e-9),
+            "timing": timing,
             "config": cfg.to_dict(),
         }
         with open(os.path.join(out_dir, "summary.json"), "w") as f:
             json.dump(summary, f, indent=2)
         save_weights(os.path.join(out_dir, "weights.npz"), trainer.store)
+        print(format_summary(timing, comm.size), flush=True)
+        if cfg.timeline:
+            print(f"timeline of {comm.size} rank(s) written to {cfg.timeline}", flush=True)
         acc = "" if last.val_accuracy is None else f"{trainer.data.val_name} accuracy {last.val_accuracy:.4f}, "
         print(f"done: {acc}{trainer.data.val_name} loss {last.val_loss:.4f}, {trainer.global_step} steps in "
               f"{wall:.1f} s, {summary['samples_per_sec']:.0f} samples/s on {comm.size} rank(s); "
