@@ -59,8 +59,10 @@ class RunConfig:
     # machine
     threads: int | None = _opt(UNSET, "BLAS threads per rank (default: cores / ranks on this node)")
     # data loading and profiling
-    prefetch: int = _opt(2, "batches prepared ahead by a background thread (0: prepare each batch in the "
-                            "training loop)")
+    # Off by default: on small models (sub-millisecond steps) handing batches between threads
+    # costs more GIL hand-offs than preparing inline saves (benchmarks/run_all.py measures both).
+    prefetch: int = _opt(0, "batches prepared ahead by a background thread (0: prepare each batch in the "
+                            "training loop; try 2 when augmentation or large inputs make data wait show)")
     cache_dir: str | None = _opt(UNSET, "folder where datasets read from files are kept as .npy and "
                                         "memory-mapped (default ~/.cache/mpidl; 'none': no cache)")
     timeline: str | None = _opt(UNSET, "write a Chrome trace of every rank's steps to this JSON file "
