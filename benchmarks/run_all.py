@@ -32,6 +32,7 @@ import socket
 import sys
 import tempfile
 import time
+from collections import defaultdict
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
@@ -69,12 +70,12 @@ def bench_allreduce(ranks, quick, work):
     return out
 
 
-def bench_overhead(models, p, quick, work, cache_dir):
+def bench_overhead(models, p, iters, work, cache_dir):
     out = []
     for model in models:
         path = os.path.join(work, f"overhead-{model}-{p}.json")
         run_ranks(p, [os.path.join(HERE, "overhead.py"), "--model", model, "--out", path,
-                      "--iters", "60" if quick else "400", "--cache-dir", cache_dir])
+                      "--iters", str(iters[model]), "--cache-dir", cache_dir])
         res = read_json(path)
         out.append(res)
         log(f"overhead {model} p={p}: {res['grad_bytes']} B, mpidl {1e6 * res['mpidl_median_s']:.0f} us vs bare "
@@ -302,7 +303,9 @@ def make_plots(out, allreduce, runs, peer, model_table, models):
 def markdown(res) -> str:
     lines = [f"# mpidl benchmarks ({'quick' if res['quick'] else 'full'} run)", "",
              f"Machine: {res['machine']['cores']} cores, {res['machine']['mpi']}; {res['machine']['when']}; "
-             f"one BLAS thread per rank. Ratios and efficiencies compare figures from this one run.", ""]
+             f"one BLAS thread per rank; load average {res['machine']['load_average_at_start']:.1f} at the start, "
+             f"{res['machine']['load_average_at_end']:.1f} at the end (above the core count, other programs "
+             "shared the cores). Ratios and efficiencies compare figures from this one run.", ""]
     lines += ["## 1. Allreduce (float32 SUM, in place)", "",
               "| ranks | bytes | median us | 10-90% us | algbw GB/s | busbw GB/s | ring bound us | x bound |",
               "|---:|---:|---:|---:|---:|---:|---:|---:|"]
@@ -423,7 +426,8 @@ def main(argv=None):
         skipped = [p for p in wanted if p not in ranks]
     models = args.models.split(",") if args.models else (["mlp"] if args.quick else
                                                           ["mlp"] + (["cnn"] if "cnn" in MODELS else []))
-    steps = {"mlp": 60 if args.quick else 400, "cnn": 10 if args.quick else 60}
+    # Steps per training run: enough for a steady mean; other models are timed like cnn.
+    steps = defaultdict(lambda: 10 if args.quick else 30, mlp=60 if args.quick else 400)
     os.makedirs(args.out, exist_ok=True)
     work = tempfile.mkdtemp(prefix="mpidl-bench-")
     cache_dir = os.path.join(work, "dataset-cache")
@@ -440,11 +444,15 @@ def main(argv=None):
     t_start = time.perf_counter()
     res = {"quick": args.quick, "skipped_ranks": skipped,
            "machine": {"cores": ncores, "when": time.strftime("%Y-%m-%d %H:%M"),
-                       "mpi": "", "python": sys.version.split()[0]}}
+                       "mpi": "", "python": sys.version.split()[0],
+                       # other work on the machine skews every figure; the report states it
+                       "load_average_at_start": os.getloadavg()[0]}}
     res["allreduce"] = bench_allreduce(ranks, args.quick, work)
     res["machine"]["mpi"] = res["allreduce"][0]["library"]
     multi = [p for p in ranks if p >= 2]
-    res["overhead"] = bench_overhead(models, min(multi), args.quick, work, cache_dir) if multi else []
+    # Each iteration also computes a real gradient, so a big model gets fewer iterations.
+    iters = defaultdict(lambda: 10 if args.quick else 60, mlp=60 if args.quick else 400)
+    res["overhead"] = bench_overhead(models, min(multi), iters, work, cache_dir) if multi else []
     res["training"] = bench_training(models, ranks, args.per_rank_batch, steps, work, cache_dir)
     res["prefetch"] = [] if args.quick else bench_prefetch(models, [p for p in ranks if p <= ncores], args.per_rank_batch,
                                                           steps, work, cache_dir, res["training"])
@@ -461,6 +469,7 @@ def main(argv=None):
     res["cost_model"] = build_model_table(res["allreduce"], res["training"], models, grad_bytes, args, ncores)
     res["goals"] = goals(res)
     res["seconds"] = time.perf_counter() - t_start
+    res["machine"]["load_average_at_end"] = os.getloadavg()[0]
 
     write_json(os.path.join(args.out, "results.json"), res)
     write_csv(os.path.join(args.out, "allreduce.csv"),
