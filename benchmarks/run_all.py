@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import csv
 import importlib.util
-import json
 import os
 import socket
 import sys
@@ -467,6 +466,11 @@ def main(argv=None):
         res["peer"] = bench_peer(models, peer_ranks, args.per_rank_batch, steps, work)
     res["grad_bytes"] = grad_bytes
     res["cost_model"] = build_model_table(res["allreduce"], res["training"], models, grad_bytes, args, ncores)
+    for row in res["cost_model"]["rows"]:
+        if row["measured_step_ms"] is not None:
+            log(f"cost model {row['model']} p={row['ranks']}: predicted {row['predicted_step_ms']:.2f} ms/step, "
+                f"measured {row['measured_step_ms']:.2f}; weak efficiency predicted "
+                f"{100 * row['predicted_weak_efficiency']:.0f}%, measured {100 * row['measured_weak_efficiency']:.0f}%")
     res["goals"] = goals(res)
     res["seconds"] = time.perf_counter() - t_start
     res["machine"]["load_average_at_end"] = os.getloadavg()[0]
