@@ -27,15 +27,27 @@ def mpiexec() -> str:
     return found
 
 
+# "auto": MPICH yields the core while a rank waits (MPIR_CVAR_ENABLE_HEAVY_YIELD) when ranks
+# outnumber cores or other programs were already running when the benchmark started; a
+# busy-polling rank then steals time from the rank it waits for (measured here: 2-3x slower
+# steps on a loaded 2-core machine). "on"/"off" force it.
+MPI_YIELD = "auto"
+MACHINE_BUSY = False  # set by run_all.py from the load average before it starts anything
+
+
+def yields(ranks: int) -> bool:
+    if MPI_YIELD != "auto":
+        return MPI_YIELD == "on"
+    return ranks > cores() or MACHINE_BUSY
+
+
 def child_env(ranks: int, **extra) -> dict:
-    """One BLAS thread per rank; when ranks outnumber cores, MPICH yields the core while
-    waiting instead of busy-polling (otherwise a waiting rank steals a computing rank's core)."""
+    """One BLAS thread per rank, and MPICH's yielding wait where it helps (see MPI_YIELD)."""
     env = dict(os.environ)
     env.pop("OPENBLAS_CORETYPE", None)
     for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
         env[var] = "1"
-    if ranks > cores():
-        env["MPIR_CVAR_ENABLE_HEAVY_YIELD"] = "1"
+    env["MPIR_CVAR_ENABLE_HEAVY_YIELD"] = "1" if yields(ranks) else "0"
     env["PYTHONPATH"] = os.pathsep.join(p for p in (REPO, env.get("PYTHONPATH", "")) if p)
     env.update({k: str(v) for k, v in extra.items()})
     return env

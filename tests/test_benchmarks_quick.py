@@ -63,4 +63,5 @@ def test_quick_benchmark_writes_sane_results(tmp_path):
     if importlib.util.find_spec("torch") is not None:
         (peer,) = res["peer"]
         assert peer["ranks"] == 2 and peer["twin_verified"] and peer["samples_per_sec"] > 0
+        assert peer["ratio"] == pytest.approx(peer["mpidl_samples_per_sec"] / peer["samples_per_sec"])
         assert (out / "peer.png").exists()
