@@ -56,8 +56,12 @@ def child_env(ranks: int, **extra) -> dict:
 def run_ranks(ranks: int, args: list[str], timeout: float = 600, env: dict | None = None) -> str:
     """`python ARGS` on `ranks` ranks; raises with the output's tail if it fails."""
     cmd = [mpiexec(), "-n", str(ranks), sys.executable, *args]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=REPO,
-                          env=env or child_env(ranks))
+    for attempt in range(2):
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=REPO,
+                              env=env or child_env(ranks))
+        # Killed from outside (SIGTERM/SIGKILL on a shared machine): one more try; a real error is not retried.
+        if proc.returncode not in (15, 137, 143, -15, -9) or "Terminated" not in proc.stdout + proc.stderr:
+            break
     if proc.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{(proc.stdout + proc.stderr)[-3000:]}")
     return proc.stdout
