@@ -272,6 +272,7 @@ def make_plots(out, allreduce, runs, peer, model_table, models):
                          label=f"{model} weak, cost model")
     axes[0].set_title("throughput")
     axes[0].set_ylabel("samples/s")
+    axes[0].set_yscale("log")  # models differ by orders of magnitude
     axes[1].set_title("parallel efficiency")
     axes[1].set_ylabel("%")
     axes[1].axhline(85, color="grey", lw=0.5)
