@@ -368,7 +368,7 @@ def markdown(res) -> str:
     if res["skipped_ranks"]:
         lines += ["", f"Not run (more ranks than the {res['machine']['cores']} cores): {res['skipped_ranks']}."]
     if res.get("prefetch"):
-        lines += ["", "## Data loading: --prefetch 2 against the inline loader (same weak runs)", "",
+        lines += ["", "## Data loading: --prefetch 2 against the inline loader (paired runs, alternating, per-rank batch fixed)", "",
                   "| model | ranks | inline samples/s | prefetch samples/s | speed-up | data wait inline | data wait prefetch |",
                   "|---|---:|---:|---:|---:|---:|---:|"]
         for r in res["prefetch"]:
