@@ -71,6 +71,15 @@ class Communicator:
         return self._local_size
 
     @property
+    def local_rank(self) -> int:
+        """This rank's index among the ranks on its node (one rank per node writes shared files)."""
+        if getattr(self, "_local_rank", None) is None:
+            node = self._comm.Split_type(self._MPI.COMM_TYPE_SHARED, key=self.rank)
+            self._local_rank = node.Get_rank()
+            node.Free()
+        return self._local_rank
+
+    @property
     def library(self) -> str:
         return self._MPI.Get_library_version().splitlines()[0].strip()
 
@@ -213,6 +222,22 @@ class Communicator:
         if self.size > 1:
             self._comm.Barrier()
 
+    def gather_rows(self, rows: np.ndarray, root: int = 0) -> list[np.ndarray] | None:
+        """Each rank's 2-D float64 array (own row count, same width) collected at root as a
+        list indexed by rank; None elsewhere. Gather of counts, then Gatherv: no pickle."""
+        rows = np.ascontiguousarray(rows, dtype=np.float64)
+        if self.size == 1:
+            return [rows.copy()]
+        width = rows.shape[1]
+        counts = np.zeros(self.size, dtype=np.int64)
+        self._comm.Gather(np.array([rows.shape[0]], dtype=np.int64), counts, root=root)
+        if self.rank != root:
+            self._comm.Gatherv(rows, None, root=root)
+            return None
+        recv = np.empty((int(counts.sum()), width))
+        self._comm.Gatherv(rows, [recv, (counts * width).tolist()], root=root)
+        return np.split(recv, np.cumsum(counts)[:-1])
+
     # -- agreement and failure -----------------------------------------------------
     def check_same(self, what: str, digest: bytes) -> None:
         """Raise MismatchError on every rank if any rank's digest of `what` differs from rank 0's."""
@@ -253,7 +278,7 @@ class SerialComm(Communicator):
     """A world of one for machines where mpi4py cannot load an MPI library."""
 
     def __init__(self):  # noqa: D401 - no MPI at all
-        self.rank, self.size, self._local_size = 0, 1, 1
+        self.rank, self.size, self._local_size, self._local_rank = 0, 1, 1, 0
         self.waiting_in, self.context = None, ""
 
     @property

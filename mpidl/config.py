@@ -66,6 +66,16 @@ class RunConfig:
                          "state) or abort", choices=("repair", "abort"))
     on_nonfinite: str = _opt("skip", "when the averaged gradient holds NaN/inf: skip the update (counted) "
                              "or abort", choices=("skip", "abort"))
+    # data loading and profiling
+    # Off by default: on small models (sub-millisecond steps) handing batches between threads
+    # costs more GIL hand-offs than preparing inline saves (benchmarks/run_all.py measures both).
+    prefetch: int = _opt(0, "batches prepared ahead by a background thread (0: prepare each batch in the "
+                            "training loop; try 2 when augmentation or large inputs make data wait show)")
+    cache_dir: str | None = _opt(UNSET, "folder where datasets read from files are kept as .npy and "
+                                        "memory-mapped (default ~/.cache/mpidl; 'none': no cache)")
+    timeline: str | None = _opt(UNSET, "write a Chrome trace of every rank's steps to this JSON file "
+                                       "(open in ui.perfetto.dev or chrome://tracing)")
+    timeline_steps: int = _opt(1000, "steps recorded in the --timeline, from the first")
     # output
     out: str | None = _opt(UNSET, "output folder (default runs/MODEL-DATASET-TIME)")
     eval_batch_size: int = _opt(1000, "samples per evaluation batch on each rank")
@@ -231,6 +241,11 @@ def validate(cfg: RunConfig) -> None:
     need(cfg.eval_batch_size >= 1, "eval_batch_size", "must be at least 1")
     need(cfg.collective_timeout >= 0, "collective_timeout", "must be non-negative")
     need(cfg.check_every >= 0, "check_every", "must be non-negative")
+    need(cfg.prefetch >= 0, "prefetch", "must be non-negative")
+    need(not cfg.prefetch or cfg.checkpoint_dir is None, "prefetch",
+         "does not combine with --checkpoint-dir yet (the loader thread runs the data stream ahead of "
+         "the step a checkpoint records)")
+    need(cfg.timeline_steps >= 1, "timeline_steps", "must be at least 1")
     need(not cfg.nesterov or (cfg.optimizer == "sgd" and cfg.momentum > 0), "nesterov",
          "needs --optimizer sgd and --momentum > 0")
     need(cfg.bucket_mb >= 0, "bucket_mb", "must be non-negative")

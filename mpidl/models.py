@@ -146,13 +146,18 @@ class Model:
     def forward(self, x, train: bool = True):
         return self.net.forward(x, train)
 
-    def train_step_grads(self, x, y, weight: float = 1.0) -> float:
-        """Forward, loss, backward: adds this batch's gradient (times `weight`) into the grad buffer."""
+    def train_step_grads(self, x, y, weight: float = 1.0, lap=None) -> float:
+        """Forward, loss, backward: adds this batch's gradient (times `weight`) into the grad buffer.
+        lap: the step clock's lap, told when the forward pass (with the loss) is done."""
         out = self.net.forward(x, True)
         if self.spec.objective is not None:
             loss, dout, _ = self.spec.objective(self.net, out, x, y, weight)
+            if lap is not None:
+                lap("forward")
         else:
             loss, dout = self.loss_fn(out, y)
+            if lap is not None:
+                lap("forward")
             if weight != 1.0:
                 dout *= weight
         self.net.backward(dout)

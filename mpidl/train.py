@@ -22,6 +22,7 @@ from mpidl.cluster import EXIT_PREEMPTED, StopSignal, check_world_size, prints_e
 from mpidl.comm import install_abort_on_exception, launcher_rank, start_watchdog, world
 from mpidl.config import parse_config
 from mpidl.errors import TrainingHalted, UserError
+from mpidl.timing import format_summary
 
 EXIT_USAGE = 2
 EXIT_HALTED = 3
@@ -229,6 +230,9 @@ def main(argv=None) -> int:
     finally:
         reporter.close()
     wall = time.perf_counter() - t0
+    timing = trainer.timing_summary()
+    if cfg.timeline:
+        trainer.write_timeline(cfg.timeline)
 
     if checkpointer is not None:
         if checkpointer.preempted:
@@ -270,6 +274,7 @@ def main(argv=None) -> int:
             "drift_repairs": trainer.drift_repairs,
             "communication": trainer.sync.describe(),
             "optimizer_state_bytes_per_rank": trainer.optimizer_state_bytes,
+            "timing": timing,
             "config": cfg.to_dict(),
         }
         try:  # only rank 0 is left here: the other ranks have finished
@@ -279,6 +284,9 @@ def main(argv=None) -> int:
         except OSError as exc:
             _fail(f"--out {out_dir}: cannot write the final outputs ({exc.strerror or exc})")
             return EXIT_USAGE
+        print(format_summary(timing, comm.size), flush=True)
+        if cfg.timeline:
+            print(f"timeline of {comm.size} rank(s) written to {cfg.timeline}", flush=True)
         if trainer.model.spec.finish is not None:  # model-specific outputs (the VAE's PNG)
             written = trainer.model.spec.finish(trainer.model, trainer.data, out_dir)
             print(f"wrote {written}" if written else f"{cfg.model}: extra outputs skipped "

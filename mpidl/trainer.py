@@ -8,6 +8,7 @@ optimiser step. Start-up compares config, parameter layout and dataset across ra
 from __future__ import annotations
 
 import hashlib
+import itertools
 import math
 import time
 from dataclasses import dataclass, field
@@ -18,10 +19,13 @@ from mpidl import __version__
 from mpidl.comm import Communicator
 from mpidl.config import RunConfig
 from mpidl.data import ShardedSampler, eval_shard, load_dataset
+from mpidl.data.cache import default_cache_dir, npy_cache
+from mpidl.data.prefetch import InlineBatches, Prefetcher
 from mpidl.errors import ConfigError, TrainingHalted
 from mpidl.models import MODELS, Model
 from mpidl.optim import Schedule, make_optimizer
 from mpidl.reducer import make_gradient_sync, optimizer_state_bytes
+from mpidl.timing import LOADER_THREAD, PHASES, StepClock, gather_summary, write_timeline
 
 
 @dataclass
@@ -45,7 +49,9 @@ class Trainer:
         self.cfg, self.comm = cfg, comm
         self.dtype = np.dtype(cfg.dtype)
         spec = MODELS[cfg.model]
-        self.data = load_dataset(cfg.dataset, cfg.data_dir)
+        cache_dir = default_cache_dir() if cfg.cache_dir is None else cfg.cache_dir
+        with npy_cache(None if cache_dir.lower() == "none" else cache_dir, comm):
+            self.data = load_dataset(cfg.dataset, cfg.data_dir)
         if spec.task != self.data.task and spec.task != "generative":
             raise ConfigError(f"--model {cfg.model} ({spec.task}) cannot train on --dataset {cfg.dataset} "
                               f"({self.data.task})")
@@ -73,6 +79,9 @@ class Trainer:
         comm.check_same("model parameter layout", self.store.layout_digest())
         comm.check_same(f"dataset {cfg.dataset} (size, shapes or contents)", self.data.digest())
         comm.bcast_(self.store.data, root=0)
+        # Per-rank phase times; the timeline keeps the first steps' spans only when asked for.
+        self.clock = StepClock(PHASES, record_steps=cfg.timeline_steps if cfg.timeline else 0)
+        self.clock.align(comm)
 
         self.sampler = ShardedSampler(n_train, cfg.batch_size, comm.rank, comm.size, cfg.seed,
                                       drop_last=cfg.drop_last)
@@ -118,12 +127,37 @@ class Trainer:
         self._carried_loss = np.array(epoch_loss, dtype=np.float64)
 
     # -- one step ------------------------------------------------------------------
-    def train_step(self, step) -> float:
-        """One synchronised step; returns this rank's summed loss (mean loss x local samples)."""
+    def prepare_batch(self, step):
+        """This rank's inputs and targets for `step`: gather, convert, augment (the loader
+        thread runs this when prefetching, in step order, so data_rng draws are unchanged)."""
         x = self.data.inputs(self.data.x_train[step.indices], self.dtype)
         if self.data.augment is not None:
             x = self.data.augment(x, self.data_rng)
         y = self.data.y_train[step.indices]
+        return x, y
+
+    def batches(self):
+        """(step, (x, y)) for every remaining step of the run, from the current (possibly resumed)
+        position; prepared ahead by a loader thread with --prefetch."""
+        first_epoch, first_step = self.epoch, self.step_in_epoch
+        steps = itertools.islice(
+            itertools.chain.from_iterable(self.sampler.epoch(e, start=first_step if e == first_epoch else 0)
+                                          for e in range(first_epoch, self.epochs)),
+            self.total_steps - self.global_step)
+        if self.cfg.prefetch > 0:
+            return Prefetcher(steps, self.prepare_batch, self.cfg.prefetch,
+                              on_prepared=lambda t0, t1: self.clock.span("prepare batch", t0, t1, LOADER_THREAD))
+        return InlineBatches(steps, self.prepare_batch)
+
+    def train_step(self, step, batch=None) -> float:
+        """One synchronised step; returns this rank's summed loss (mean loss x local samples).
+        `batch` is (x, y) when already prepared; the clock's "data" lap then measures the wait."""
+        clock = self.clock
+        if batch is None:
+            clock.begin()
+            batch = self.prepare_batch(step)
+        x, y = batch
+        clock.lap("data")
         self.comm.context = f"step {self.global_step + 1} (epoch {step.epoch + 1})"
         self.store.zero_grad()
         n = len(step.indices)
@@ -136,9 +170,13 @@ class Trainer:
                 self.sync.arm()
             whole = len(part) == n
             loss = self.model.train_step_grads(x if whole else x[part], y if whole else y[part],
-                                               weight=step.weight * len(part) / n)
+                                               weight=step.weight * len(part) / n, lap=clock.lap)
             loss_sum += loss * len(part)
+            clock.lap("backward")
+        # Exposed communication: what is left of the reduction after backward (all of it
+        # unless buckets were started during backward).
         self.sync.finish()
+        clock.lap("allreduce")
         data, grad = self.sync.update_arrays()
         # Decided from the reduced gradient, which every rank holds alike (ZeRO asks its peers):
         # all ranks skip or abort together. A NaN or inf loss brings a non-finite gradient with it.
@@ -147,6 +185,8 @@ class Trainer:
             self.sync.after_update()
         else:
             self._nonfinite(step)
+        clock.lap("optimizer")
+        clock.end_step()
         self.global_step += 1
         self.samples_seen += step.global_count
         if self.cfg.check_every and self.global_step % self.cfg.check_every == 0:
@@ -205,36 +245,52 @@ class Trainer:
         Returns early, after the step on which an on_step hook set stop_requested."""
         history = []
         start_time = time.perf_counter()
+        feed = self.batches()
         first_epoch, first_step = self.epoch, self.step_in_epoch
-        for epoch in range(first_epoch, self.epochs):
-            t0 = time.perf_counter()
-            seen0 = self.samples_seen
-            start = first_step if epoch == first_epoch else 0
-            loss_sum = self._carried_loss if start and self._carried_loss is not None else np.zeros(2)
-            self.epoch, self.step_in_epoch, self.epoch_loss = epoch, start, loss_sum
-            for step in self.sampler.epoch(epoch, start=start):
-                if self.global_step >= self.total_steps:
-                    break
-                loss_sum += (self.train_step(step), len(step.indices))
-                self.step_in_epoch = step.index + 1
-                if on_step is not None:
-                    on_step(self)
-                if self.stop_requested:
-                    self.train_time += time.perf_counter() - t0
-                    return history
-            self.comm.allreduce_sum_(loss_sum)
-            elapsed = time.perf_counter() - t0
-            self.train_time += elapsed
-            val_loss, val_acc = self.evaluate()
-            metrics = EpochMetrics(
-                epoch=epoch + 1, step=self.global_step,
-                train_loss=float(loss_sum[0] / max(loss_sum[1], 1)),
-                val_loss=float(val_loss), val_accuracy=None if val_acc is None else float(val_acc),
-                samples_per_sec=(self.samples_seen - seen0) / max(elapsed, 1e-9),
-                wall_time=time.perf_counter() - start_time,
-                lr=float(self.schedule(max(self.global_step - 1, 0))), val_terms=self.val_terms)
-            history.append(metrics)
-            self.epoch, self.step_in_epoch, self.epoch_loss = epoch + 1, 0, np.zeros(2)
-            if on_epoch is not None:
-                on_epoch(self, metrics)
+        try:
+            for epoch in range(first_epoch, self.epochs):
+                t0 = time.perf_counter()
+                seen0 = self.samples_seen
+                start = first_step if epoch == first_epoch else 0
+                loss_sum = (self._carried_loss if start and self._carried_loss is not None
+                            else np.zeros(2))  # summed loss, samples (this rank)
+                self.epoch, self.step_in_epoch, self.epoch_loss = epoch, start, loss_sum
+                for _ in range(min(self.sampler.steps_per_epoch - start, self.total_steps - self.global_step)):
+                    self.clock.begin()
+                    step, batch = next(feed)
+                    loss_sum += (self.train_step(step, batch), len(step.indices))
+                    self.step_in_epoch = step.index + 1
+                    if on_step is not None:
+                        on_step(self)
+                    if self.stop_requested:
+                        self.train_time += time.perf_counter() - t0
+                        return history
+                self.comm.allreduce_sum_(loss_sum)
+                elapsed = time.perf_counter() - t0
+                self.train_time += elapsed
+                e0 = time.perf_counter()
+                val_loss, val_acc = self.evaluate()
+                self.clock.span("evaluate", e0, time.perf_counter())
+                metrics = EpochMetrics(
+                    epoch=epoch + 1, step=self.global_step,
+                    train_loss=float(loss_sum[0] / max(loss_sum[1], 1)),
+                    val_loss=float(val_loss), val_accuracy=None if val_acc is None else float(val_acc),
+                    samples_per_sec=(self.samples_seen - seen0) / max(elapsed, 1e-9),
+                    wall_time=time.perf_counter() - start_time,
+                    lr=float(self.schedule(max(self.global_step - 1, 0))), val_terms=self.val_terms)
+                history.append(metrics)
+                self.epoch, self.step_in_epoch, self.epoch_loss = epoch + 1, 0, np.zeros(2)
+                if on_epoch is not None:
+                    on_epoch(self, metrics)
+        finally:
+            feed.close()  # stops the loader thread, also when a step raised
         return history
+
+    # -- where the time went ---------------------------------------------------------
+    def timing_summary(self) -> dict:
+        """Mean time per phase over ranks and the slowest rank (collective: every rank calls it)."""
+        return gather_summary(self.clock, self.comm)
+
+    def write_timeline(self, path: str) -> None:
+        """Chrome trace of every rank's recorded steps, written by rank 0 (collective)."""
+        write_timeline(path, self.clock, self.comm)

@@ -14,6 +14,7 @@ from importlib import resources
 
 import numpy as np
 
+from mpidl.data.cache import cached_arrays
 from mpidl.data.idx import find_idx, read_idx
 from mpidl.errors import DataError
 
@@ -92,15 +93,21 @@ def _load_idx_pair(directory: str, name: str, split: str):
     for path, stem in ((imgs_path, imgs_stem), (labels_path, labels_stem)):
         if path is None:
             raise DataError(f"{name}: {stem}[.gz] not found in {directory}")
-    images, labels = read_idx(imgs_path), read_idx(labels_path)
-    if images.ndim != 3:
-        raise DataError(f"{imgs_path}: expected images of shape (n, rows, cols), found {images.shape}")
-    if labels.ndim != 1:
-        raise DataError(f"{labels_path}: expected a vector of labels, found shape {labels.shape}")
-    if len(images) != len(labels):
-        raise DataError(f"{name}: {imgs_path} holds {len(images)} images but {labels_path} "
-                        f"holds {len(labels)} labels")
-    return images[:, None], labels.astype(np.int64)
+
+    def read():
+        images, labels = read_idx(imgs_path), read_idx(labels_path)
+        if images.ndim != 3:
+            raise DataError(f"{imgs_path}: expected images of shape (n, rows, cols), found {images.shape}")
+        if labels.ndim != 1:
+            raise DataError(f"{labels_path}: expected a vector of labels, found shape {labels.shape}")
+        if len(images) != len(labels):
+            raise DataError(f"{name}: {imgs_path} holds {len(images)} images but {labels_path} "
+                            f"holds {len(labels)} labels")
+        return {"images": images[:, None], "labels": labels.astype(np.int64)}
+
+    # Decompressed once into .npy and memory-mapped afterwards (when the trainer enables it).
+    arrays = cached_arrays(f"{name}-{split}", [imgs_path, labels_path], ("images", "labels"), read)
+    return arrays["images"], arrays["labels"]
 
 
 def load_idx_dataset(name: str, data_dir: str | None) -> Dataset:

@@ -15,7 +15,7 @@ fault, fault_rank, fault_step = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 original = Trainer.train_step
 
 
-def train_step(self, step):
+def train_step(self, step, batch=None):
     hit = self.comm.rank == fault_rank and self.global_step + 1 == fault_step
     if hit and fault == "stall":
         time.sleep(3600)
@@ -30,10 +30,10 @@ def train_step(self, step):
             return loss
         self.model.train_step_grads = poisoned
         try:
-            return original(self, step)
+            return original(self, step, batch)
         finally:
             self.model.train_step_grads = grads
-    result = original(self, step)
+    result = original(self, step, batch)
     if hit and fault == "drift":
         self.store.data[0] += 1e-3
     return result

@@ -1,0 +1,67 @@
+"""benchmarks/run_all.py --quick runs end to end and writes sane results (numbers, not timings)."""
+
+import importlib.util
+import json
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+
+from support import REPO, child_env
+
+
+@pytest.mark.slow
+def test_quick_benchmark_writes_sane_results(tmp_path):
+    out = tmp_path / "results"
+    proc = subprocess.run([sys.executable, os.path.join(REPO, "benchmarks", "run_all.py"), "--quick",
+                           "--out", str(out)], capture_output=True, text=True, timeout=600, env=child_env(),
+                          cwd=str(tmp_path))
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+    for name in ("results.json", "allreduce.csv", "training.csv", "cost_model.csv", "report.md",
+                 "allreduce.png", "scaling.png", "breakdown.png"):
+        assert (out / name).stat().st_size > 0, name
+    assert (out / "scaling.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    res = json.loads((out / "results.json").read_text())
+
+    by_ranks = {a["ranks"]: a for a in res["allreduce"]}
+    assert set(by_ranks) == {1, 2}
+    two = by_ranks[2]
+    assert two["copy_bandwidth_GBps"] > 0
+    sizes = [r["bytes"] for r in two["rows"]]
+    assert sizes[0] == 1024 and sizes == sorted(sizes) and len(sizes) >= 4
+    for r in two["rows"]:
+        assert 0 < r["p10_s"] <= r["median_s"] <= r["p90_s"]
+        assert r["busbw_GBps"] == pytest.approx(r["algbw_GBps"])  # 2(p-1)/p = 1 at p = 2
+        assert r["ring_bound_s"] == pytest.approx(r["bytes"] / (two["copy_bandwidth_GBps"] * 1e9))
+
+    (over,) = res["overhead"]
+    assert over["ranks"] == 2 and over["grad_bytes"] > 0 and math.isfinite(over["ratio"]) and over["ratio"] > 0
+
+    weak = {r["ranks"]: r for r in res["training"] if r["kind"] == "weak"}
+    strong = {r["ranks"]: r for r in res["training"] if r["kind"] == "strong"}
+    assert set(weak) == set(strong) == {1, 2}
+    assert weak[1]["efficiency"] == pytest.approx(1.0) and strong[1]["efficiency"] == pytest.approx(1.0)
+    assert weak[2]["global_batch"] == 128 and strong[1]["global_batch"] == strong[2]["global_batch"] == 128
+    for r in res["training"]:
+        t = r["timing"]
+        assert r["samples_per_sec"] > 0 and 0 < r["efficiency"] < 4
+        assert sum(t["fraction"].values()) == pytest.approx(1.0)
+        assert sum(t["mean_ms"].values()) == pytest.approx(t["step_ms"])
+        assert 0 <= t["slowest_rank"] < r["ranks"] and len(t["per_rank_ms"]) == r["ranks"]
+
+    model = res["cost_model"]
+    assert model["alpha_s"] >= 0 and model["beta_s_per_byte"] >= 0
+    assert any(row["measured_step_ms"] is not None for row in model["rows"])
+    assert any(row["nodes"] > 1 for row in model["rows"])
+    report = (out / "report.md").read_text()
+    for heading in ("## 1. Allreduce", "## 2. Framework overhead", "## 3. Step breakdown", "## 4. Scaling",
+                    "## 5. Peer", "## 6. Cost model"):
+        assert heading in report
+
+    if importlib.util.find_spec("torch") is not None:
+        (peer,) = res["peer"]
+        assert peer["ranks"] == 2 and peer["twin_verified"] and peer["samples_per_sec"] > 0
+        assert peer["ratio"] == pytest.approx(peer["mpidl_samples_per_sec"] / peer["samples_per_sec"])
+        assert (out / "peer.png").exists()

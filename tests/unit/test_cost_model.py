@@ -1,0 +1,36 @@
+"""The benchmark's alpha-beta model: the fit recovers known parameters, predictions behave."""
+
+import os
+import sys
+
+import pytest
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "benchmarks"))
+import cost_model  # noqa: E402
+
+
+def test_fit_recovers_alpha_and_beta_of_exact_ring_times():
+    alpha, beta = 3e-6, 1 / 5e9
+    points = [(p, n, cost_model.allreduce_time(p, n, alpha, beta))
+              for p in (2, 4, 8) for n in (1 << 10, 1 << 14, 1 << 18, 1 << 22, 1 << 26)]
+    points.append((1, 1 << 20, 1e-7))  # one rank does not reduce: ignored by the fit
+    fa, fb = cost_model.fit_alpha_beta(points)
+    assert fa == pytest.approx(alpha, rel=1e-6) and fb == pytest.approx(beta, rel=1e-6)
+
+
+def test_negative_latency_is_refitted_as_bandwidth_only():
+    # times exactly proportional to ring bytes minus a bit: least squares would give alpha < 0
+    points = [(2, n, n / 1e9 - 1e-7) for n in (1 << 12, 1 << 16, 1 << 20)]
+    alpha, beta = cost_model.fit_alpha_beta(points)
+    assert alpha == 0.0 and beta > 0
+
+
+def test_step_prediction_grows_with_ranks_and_oversubscription():
+    shm, net = (2e-6, 1e-10), (5e-6, 1e-9)
+    one = cost_model.predict_step(0.01, 4e6, 1, 2, 2, shm, net)
+    assert one == pytest.approx(0.01)
+    two = cost_model.predict_step(0.01, 4e6, 2, 2, 2, shm, net)
+    four_on_two_cores = cost_model.predict_step(0.01, 4e6, 4, 4, 2, shm, net)
+    across_nodes = cost_model.predict_step(0.01, 4e6, 4, 2, 2, shm, net)
+    assert one < two < across_nodes
+    assert four_on_two_cores > 0.02  # two ranks per core: compute takes twice as long
