@@ -84,10 +84,10 @@ class Communicator:
         return self._MPI.Get_library_version().splitlines()[0].strip()
 
     # -- collectives on arrays -----------------------------------------------------
-    def allreduce_sum_(self, buf: np.ndarray) -> np.ndarray:
-        """In-place sum over ranks."""
+    def allreduce_sum_(self, buf: np.ndarray, what: str = "sum") -> np.ndarray:
+        """In-place sum over ranks; `what` names it in the watchdog's message."""
         if self.size > 1:
-            with self._watch("Allreduce(sum)"):
+            with self._watch(f"Allreduce({what})"):
                 self._comm.Allreduce(self._MPI.IN_PLACE, buf, op=self._MPI.SUM)
         return buf
 

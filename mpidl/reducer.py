@@ -46,10 +46,17 @@ MB = 2 ** 20
 class GradientSync:
     """The plain synchronous path: one Allreduce of the whole gradient buffer."""
 
+    # The trainer multiplies the loss gradient by this before backward. The plain path folds
+    # the 1/ranks of the mean in there (a multiply on a batch x outputs array, exact for a
+    # power-of-two rank count), so the reduction is a bare Allreduce with no pass over the
+    # buffer afterwards. The other strategies divide their own sums and set it to 1.
+    grad_scale_folded = True
+
     def __init__(self, comm, store: ParamStore):
         self.comm, self.store = comm, store
         self.exposed_time = 0.0   # seconds spent in finish(): communication not hidden by compute
         self.steps = 0
+        self.grad_scale = 1.0 / comm.size if self.grad_scale_folded else 1.0
 
     def describe(self) -> str:
         return "one Allreduce of the flat gradient buffer after backward"
@@ -68,7 +75,8 @@ class GradientSync:
         self.steps += 1
 
     def _finish(self) -> None:
-        self.comm.allreduce_mean_(self.store.grad)
+        # already scaled by 1/ranks: the sum is the mean
+        self.comm.allreduce_sum_(self.store.grad, what="gradients")
 
     def update_arrays(self) -> tuple[np.ndarray, np.ndarray]:
         return self.store.data, self.store.grad
@@ -83,6 +91,8 @@ class GradientSync:
 
 
 class HierarchicalSync(GradientSync):
+    grad_scale_folded = False
+
     def __init__(self, comm, store, ranks_per_node: int | None = None):
         super().__init__(comm, store)
         from mpidl.comm import ranks_per_node_from_env  # no MPI: reads the environment once
@@ -106,6 +116,8 @@ class HierarchicalSync(GradientSync):
 
 class ZeroSync(GradientSync):
     """ZeRO stage 1: each rank keeps optimiser state for 1/size of the parameters."""
+
+    grad_scale_folded = False
 
     def __init__(self, comm, store):
         super().__init__(comm, store)
@@ -180,6 +192,8 @@ def cut_buckets(store: ParamStore, bucket_bytes: float) -> list[tuple[int, int]]
 
 
 class BucketSync(GradientSync):
+    grad_scale_folded = False
+
     def __init__(self, comm, store, net, bucket_bytes: float | None, overlap: str = "test",
                  codec: str | None = None):
         super().__init__(comm, store)

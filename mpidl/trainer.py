@@ -170,7 +170,8 @@ class Trainer:
                 self.sync.arm()
             whole = len(part) == n
             loss = self.model.train_step_grads(x if whole else x[part], y if whole else y[part],
-                                               weight=step.weight * len(part) / n, lap=clock.lap)
+                                               weight=step.weight * len(part) / n * self.sync.grad_scale,
+                                               lap=clock.lap)
             loss_sum += loss * len(part)
             clock.lap("backward")
         # Exposed communication: what is left of the reduction after backward (all of it
