@@ -33,7 +33,7 @@ class RunConfig:
     # what to train
     model: str = _opt("mlp", "model to train", choices="models")
     dataset: str | None = _opt(UNSET, "dataset (default: the model's own)", choices="datasets")
-    data_dir: str | None = _opt(UNSET, "folder with the dataset's files (MNIST/Fashion-MNIST IDX, raw or .gz)")
+    data_dir: str | None = _opt(UNSET, "folder with the dataset's files (MNIST/Fashion-MNIST IDX raw or .gz; CIFAR-10 python batches)")
     hidden: str | None = _opt(UNSET, "hidden layer sizes of mlp, comma-separated (default 64,64)")
     # how long
     epochs: int | None = _opt(UNSET, "passes over the training set")
@@ -154,7 +154,8 @@ def _choices(f):
 
 def build_parser() -> argparse.ArgumentParser:
     from mpidl.models import MODELS
-    models = "\n".join(f"  {name:8s} {spec.help}" for name, spec in MODELS.items())
+    width = max(map(len, MODELS))
+    models = "\n".join(f"  {name:{width}s}  {spec.help}" for name, spec in MODELS.items())
     p = _Parser(
         prog="mpidl",
         description="Data-parallel training with NumPy kernels and MPI Allreduce.\n"
