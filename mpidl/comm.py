@@ -84,11 +84,15 @@ class Communicator:
         return self._MPI.Get_library_version().splitlines()[0].strip()
 
     # -- collectives on arrays -----------------------------------------------------
-    def allreduce_sum_(self, buf: np.ndarray, what: str = "sum") -> np.ndarray:
-        """In-place sum over ranks; `what` names it in the watchdog's message."""
+    def allreduce_sum_(self, buf: np.ndarray, what: str = "Allreduce(sum)") -> np.ndarray:
+        """In-place sum over ranks; `what` names it in the watchdog's message. On the hot
+        path, so the watchdog bookkeeping is inlined (a context manager costs ~1.5 us)."""
         if self.size > 1:
-            with self._watch(f"Allreduce({what})"):
+            self.waiting_in = (what, time.monotonic())
+            try:
                 self._comm.Allreduce(self._MPI.IN_PLACE, buf, op=self._MPI.SUM)
+            finally:
+                self.waiting_in = None
         return buf
 
     def allreduce_mean_(self, buf: np.ndarray) -> np.ndarray:

@@ -76,7 +76,7 @@ class GradientSync:
 
     def _finish(self) -> None:
         # already scaled by 1/ranks: the sum is the mean
-        self.comm.allreduce_sum_(self.store.grad, what="gradients")
+        self.comm.allreduce_sum_(self.store.grad, what="Allreduce(gradients)")
 
     def update_arrays(self) -> tuple[np.ndarray, np.ndarray]:
         return self.store.data, self.store.grad
