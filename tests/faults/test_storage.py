@@ -73,6 +73,11 @@ def _rank_pids(marker, launcher_pid, count, timeout=60):
     raise AssertionError("ranks did not start")
 
 
+def _rank_pids_now(marker):
+    found = subprocess.run(["pgrep", "-f", f"python.*mpidl.train.*{marker}"], capture_output=True, text=True)
+    return [int(p) for p in found.stdout.split()]
+
+
 def _start(tmp_path, ck, ranks=2):
     out = str(tmp_path / "run")
     cmd = [mpiexec(), "-n", str(ranks), sys.executable, "-m", "mpidl.train", "--max-steps", "100000",
@@ -114,20 +119,23 @@ def test_sigkill_of_a_rank_leaves_a_good_checkpoint_to_resume_from(tmp_path):
     assert "resumed from" in resumed.stdout and "warning" not in resumed.stderr
 
 
-def test_sigterm_to_the_launcher_stops_ranks_without_damaging_checkpoints(tmp_path):
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_signal_to_the_launcher_stops_ranks_without_damaging_checkpoints(tmp_path, sig):
     ck = tmp_path / "ck"
     proc, out = _start(tmp_path, ck)
     try:
         _rank_pids(out, proc.pid, 2)
         _wait_for_checkpoint(ck)
         t0 = time.perf_counter()
-        proc.send_signal(signal.SIGTERM)
+        proc.send_signal(sig)
         proc.wait(timeout=60)
         elapsed = time.perf_counter() - t0
     finally:
         if proc.poll() is None:
             proc.kill()
-    assert proc.returncode != 0 and elapsed < 30
+    assert proc.returncode != 0 and elapsed < 30, elapsed
+    time.sleep(1)  # let any rank still exiting finish before looking
+    assert not [p for p in _rank_pids_now(out)], "ranks outlived the launcher"
     assert not [f for f in os.listdir(ck) if f.startswith(".tmp")]
     from mpidl.checkpoint import read_checkpoint
     for name in _checkpoints(ck):  # every checkpoint left is whole
