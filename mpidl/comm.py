@@ -410,9 +410,14 @@ def install_abort_on_exception(comm: Communicator) -> None:
     previous = sys.excepthook
 
     def hook(exc_type, exc, tb):
-        if issubclass(exc_type, (SystemExit, KeyboardInterrupt)):
+        if issubclass(exc_type, SystemExit):
             previous(exc_type, exc, tb)
             return
+        if issubclass(exc_type, KeyboardInterrupt):
+            # Ctrl-C reaches the ranks at different moments: one that exits normally would
+            # wait in MPI_Finalize for a peer stuck in a collective, so abort them all.
+            sys.stderr.write(f"[rank {comm.rank}] mpidl: interrupted; aborting all {comm.size} ranks\n")
+            comm.abort(130)
         text = "".join(traceback.format_exception(exc_type, exc, tb))
         tagged = "".join(f"[rank {comm.rank}] {line}\n" for line in text.rstrip().splitlines())
         sys.stderr.write(tagged)

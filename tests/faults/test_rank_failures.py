@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from support import REPO, child_env, mpiexec, run_mpi
+from support import REPO, child_env, mpiexec, rank_pids, run_mpi
 
 SCRIPT = os.path.join(REPO, "tests", "scripts", "faulty_train.py")
 BASE = ["--max-steps", "40", "--batch-size", "32", "--progress", "log"]
@@ -77,14 +77,7 @@ def test_sigkill_of_one_rank_ends_the_job(tmp_path):
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=child_env(),
                             cwd=REPO)
     try:
-        pids = []
-        deadline = time.time() + 60
-        while len(pids) < 3 and time.time() < deadline:
-            time.sleep(0.5)
-            found = subprocess.run(["pgrep", "-f", f"mpidl.train.*{marker}"], capture_output=True, text=True)
-            pids = [int(p) for p in found.stdout.split() if int(p) != proc.pid]
-            pids = [p for p in pids if _is_python(p)]
-        assert len(pids) == 3, "ranks did not start"
+        pids = rank_pids(marker, 3)
         time.sleep(2)  # mid-training
         t0 = time.perf_counter()
         os.kill(pids[-1], signal.SIGKILL)
@@ -96,10 +89,3 @@ def test_sigkill_of_one_rank_ends_the_job(tmp_path):
     assert proc.returncode != 0
     assert elapsed < 30, f"job took {elapsed:.1f}s to end after SIGKILL"
 
-
-def _is_python(pid):
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            return b"python" in f.read().split(b"\0")[0]
-    except OSError:
-        return False

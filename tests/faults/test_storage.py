@@ -11,7 +11,7 @@ import time
 import numpy as np
 import pytest
 
-from support import REPO, child_env, mpiexec, run_train
+from support import REPO, child_env, mpiexec, rank_pids, run_train
 
 BASE = ["--max-steps", "60", "--batch-size", "32", "--progress", "log", "--check-every", "0"]
 
@@ -55,29 +55,6 @@ def test_full_disk_while_checkpointing_keeps_the_previous_checkpoint(tmp_path):
         subprocess.run(["umount", str(ck)], capture_output=True)
 
 
-def _rank_pids(marker, launcher_pid, count, timeout=60):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        found = subprocess.run(["pgrep", "-f", f"mpidl.train.*{marker}"], capture_output=True, text=True)
-        pids = []
-        for p in map(int, found.stdout.split()):
-            try:
-                with open(f"/proc/{p}/cmdline", "rb") as f:
-                    if b"python" in f.read().split(b"\0")[0] and p != launcher_pid:
-                        pids.append(p)
-            except OSError:
-                pass
-        if len(pids) >= count:
-            return sorted(pids)
-        time.sleep(0.3)
-    raise AssertionError("ranks did not start")
-
-
-def _rank_pids_now(marker):
-    found = subprocess.run(["pgrep", "-f", f"python.*mpidl.train.*{marker}"], capture_output=True, text=True)
-    return [int(p) for p in found.stdout.split()]
-
-
 def _start(tmp_path, ck, ranks=2):
     out = str(tmp_path / "run")
     cmd = [mpiexec(), "-n", str(ranks), sys.executable, "-m", "mpidl.train", "--max-steps", "100000",
@@ -101,7 +78,7 @@ def test_sigkill_of_a_rank_leaves_a_good_checkpoint_to_resume_from(tmp_path):
     ck = tmp_path / "ck"
     proc, out = _start(tmp_path, ck)
     try:
-        pids = _rank_pids(out, proc.pid, 2)
+        pids = rank_pids(out, 2)
         _wait_for_checkpoint(ck)
         t0 = time.perf_counter()
         os.kill(pids[-1], signal.SIGKILL)
@@ -124,7 +101,7 @@ def test_signal_to_the_launcher_stops_ranks_without_damaging_checkpoints(tmp_pat
     ck = tmp_path / "ck"
     proc, out = _start(tmp_path, ck)
     try:
-        _rank_pids(out, proc.pid, 2)
+        rank_pids(out, 2)
         _wait_for_checkpoint(ck)
         t0 = time.perf_counter()
         proc.send_signal(sig)
@@ -135,7 +112,7 @@ def test_signal_to_the_launcher_stops_ranks_without_damaging_checkpoints(tmp_pat
             proc.kill()
     assert proc.returncode != 0 and elapsed < 30, elapsed
     time.sleep(1)  # let any rank still exiting finish before looking
-    assert not [p for p in _rank_pids_now(out)], "ranks outlived the launcher"
+    assert not [p for p in rank_pids(out)], "ranks outlived the launcher"
     assert not [f for f in os.listdir(ck) if f.startswith(".tmp")]
     from mpidl.checkpoint import read_checkpoint
     for name in _checkpoints(ck):  # every checkpoint left is whole
