@@ -7,8 +7,6 @@ Protocol: ``forward(x, train=True) -> y`` keeps what backward needs on the layer
 
 from __future__ import annotations
 
-import numpy as np
-
 from mpidl import init as initializers
 from mpidl.ops import activations as act
 from mpidl.ops.linear import linear_backward, linear_forward

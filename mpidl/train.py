@@ -206,14 +206,14 @@ def main(argv=None) -> int:
               f"{trainer.optimizer_state_bytes / 2**20:.2f} MiB per rank", flush=True)
 
     reporter = Reporter(cfg, trainer, out_dir, enabled=lead)
-    on_step, on_epoch = reporter.step, reporter.epoch
-    if checkpointer is not None:
-        def on_step(t):
-            reporter.step(t)
+    def on_step(t):
+        reporter.step(t)
+        if checkpointer is not None:
             checkpointer.on_step(t)
 
-        def on_epoch(t, m):
-            reporter.epoch(t, m)
+    def on_epoch(t, m):
+        reporter.epoch(t, m)
+        if checkpointer is not None:
             checkpointer.on_epoch(t, m)
     start_watchdog(comm, cfg.collective_timeout)
     t0 = time.perf_counter()

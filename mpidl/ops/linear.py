@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import numpy as np
-
 
 def linear_forward(x, W, b=None):
     # One 2-D GEMM over all leading axes: matmul on a 3-D x runs one small GEMM per sample.

@@ -4,7 +4,6 @@ for f(x) = <y(x), w> with a random w, the directional derivative along a random 
 
 from __future__ import annotations
 
-import numpy as np
 
 
 def directional_check(f, grads, inputs, rng, eps=1e-6, trials=3, rtol=1e-6, atol=1e-9):
