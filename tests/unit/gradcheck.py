@@ -5,7 +5,6 @@ for f(x) = <y(x), w> with a random w, the directional derivative along a random 
 from __future__ import annotations
 
 
-
 def directional_check(f, grads, inputs, rng, eps=1e-6, trials=3, rtol=1e-6, atol=1e-9):
     """f(*inputs) -> scalar; grads: analytic gradients of f w.r.t. each input (same order)."""
     for _ in range(trials):
