@@ -8,7 +8,9 @@ memory, so no transpose is copied; element-wise layers and pooling keep the layo
 and the next convolution reads it directly. Inputs with few channels (a network's first
 layer) are gathered channels-first instead, where the runs along image rows are longer.
 
-Backward: weight gradient = one GEMM with the cached patches; input gradient = col2im,
+The bias is one more patch column of ones, so it costs no pass over the output.
+
+Backward: weight gradient (and bias gradient) = one GEMM with the cached patches; input gradient = col2im,
 one GEMM and one strided add per kernel offset (kh*kw of them, never a loop over pixels).
 """
 
@@ -51,16 +53,20 @@ def conv2d_forward(x, W, b=None, stride=1, padding=0, dilation=1, keep_cols=True
         raise ValueError(f"conv2d: kernel {kh}x{kw} does not fit the padded {H}x{Wd} input")
 
     window = (dh * (kh - 1) + 1, dw * (kw - 1) + 1)
+    K = C * kh * kw
+    # The bias rides in the GEMM as one more patch column of ones (and one more weight column):
+    # that saves a pass over the output here and gives db from the weight-gradient GEMM.
+    ones = 0 if b is None else 1
     if C < FEW_CHANNELS:
         # Few channels (the first layer): patches stored transposed, (c, p, q | n, i, j), gathered
         # from an NCHW copy, so the copy runs along image rows instead of along 1-3 channels.
         xp = np.zeros((N, C, H + 2 * ph, Wd + 2 * pw), dtype=x.dtype)
         xp[:, :, ph:ph + H, pw:pw + Wd] = x
         windows = sliding_window_view(xp, window, axis=(2, 3))[:, :, ::sh, ::sw, ::dh, ::dw][:, :, :Ho, :Wo]
-        cols_t = np.empty((C, kh, kw, N, Ho, Wo), dtype=x.dtype)
-        np.copyto(cols_t, windows.transpose(1, 4, 5, 0, 2, 3))
-        cols = cols_t.reshape(C * kh * kw, N * Ho * Wo).T        # (N*Ho*Wo, K) as a transposed view
-        W_mat = W.reshape(F, C * kh * kw)                           # (c, p, q) order: no copy
+        cols_t = np.empty((K + ones, N * Ho * Wo), dtype=x.dtype)
+        np.copyto(cols_t[:K].reshape(C, kh, kw, N, Ho, Wo), windows.transpose(1, 4, 5, 0, 2, 3))
+        cols = cols_t.T                                              # (N*Ho*Wo, K [+1]) as a transposed view
+        W_mat = W.reshape(F, K)                                      # (c, p, q) order: no copy
     else:
         # Channels-last padded copy (a view of conv2d's own output layout needs no transpose copy),
         # all windows as a strided view subsampled for stride and dilation, then copied once
@@ -72,13 +78,13 @@ def conv2d_forward(x, W, b=None, stride=1, padding=0, dilation=1, keep_cols=True
         else:
             xp = x_nhwc
         windows = sliding_window_view(xp, window, axis=(1, 2))[:, ::sh, ::sw, :, ::dh, ::dw][:, :Ho, :Wo]
-        cols = np.empty((N, Ho, Wo, kh, kw, C), dtype=x.dtype)
-        np.copyto(cols, windows.transpose(0, 1, 2, 4, 5, 3))
-        cols = cols.reshape(N * Ho * Wo, kh * kw * C)
-        W_mat = W.transpose(0, 2, 3, 1).reshape(F, kh * kw * C)   # small copy, same (p, q, c) order
+        cols = np.empty((N * Ho * Wo, K + ones), dtype=x.dtype)
+        np.copyto(cols[:, :K].reshape(N, Ho, Wo, kh, kw, C), windows.transpose(0, 1, 2, 4, 5, 3))
+        W_mat = W.transpose(0, 2, 3, 1).reshape(F, K)                # small copy, same (p, q, c) order
+    if ones:
+        cols[:, K] = 1
+        W_mat = np.concatenate([W_mat, b.reshape(F, 1).astype(W_mat.dtype, copy=False)], axis=1)
     out = cols @ W_mat.T                                           # the one GEMM: (N*Ho*Wo, F), NHWC memory
-    if b is not None:
-        out += b
     y = out.reshape(N, Ho, Wo, F).transpose(0, 3, 1, 2)
     cache = (cols if keep_cols else None, W, x.shape, (sh, sw), (ph, pw), (dh, dw), (Ho, Wo))
     return y, cache
@@ -92,13 +98,21 @@ def conv2d_backward(dy, cache, need_dx=True, need_db=True):
     N, C, H, Wd = x_shape
     F, _, kh, kw = W.shape
     dy_mat = dy.transpose(0, 2, 3, 1).reshape(N * Ho * Wo, F)  # a view when dy is channels-last
+    K = C * kh * kw
     if C < FEW_CHANNELS:
-        # cols is a transposed view of the (K, N*Ho*Wo) patches: multiply in their own layout.
-        dW = (cols.T @ dy_mat).T.reshape(F, C, kh, kw)
+        # cols is a transposed view of the (K [+1], N*Ho*Wo) patches: multiply in their own layout.
+        grads = (cols.T @ dy_mat).T                               # (F, K [+1])
+        dW = grads[:, :K].reshape(F, C, kh, kw)
     else:
-        dW = (dy_mat.T @ cols).reshape(F, kh, kw, C).transpose(0, 3, 1, 2)
-    # Column sums as a matrix-vector product: several times faster than sum(axis=0) on a tall matrix.
-    db = np.ones(N * Ho * Wo, dtype=dy.dtype) @ dy_mat if need_db else None
+        grads = dy_mat.T @ cols
+        dW = grads[:, :K].reshape(F, kh, kw, C).transpose(0, 3, 1, 2)
+    if not need_db:
+        db = None
+    elif cols.shape[1] > K:       # the forward's column of ones: db came out of the same GEMM
+        db = grads[:, K]
+    else:
+        # Column sums as a matrix-vector product: several times faster than sum(axis=0) on a tall matrix.
+        db = np.ones(N * Ho * Wo, dtype=dy.dtype) @ dy_mat
     if not need_dx:
         return None, dW, db
     # col2im: the patch gradients of kernel offset (p, q) are dy_mat @ W[:, :, p, q], added onto a
