@@ -314,3 +314,28 @@ def test_cnn_builder_fuses_relu_into_pooling_and_matches_unfused_network():
     reference.backward(dout)
     np.testing.assert_array_equal(model.store.grad, fused_grad)
     assert isinstance(model.net.layers[0], Conv2d)
+
+
+@pytest.mark.parametrize("chunk_rows", [1, 50, 10 ** 9])
+@pytest.mark.parametrize("bias", [True, False])
+def test_conv2d_chunked_patches_give_the_same_result_for_any_chunk_size(monkeypatch, chunk_rows, bias):
+    """The many-channel path gathers patches a few samples at a time: one sample per chunk,
+    several with a ragged last chunk, and the whole batch at once must all agree with PyTorch."""
+    torch = pytest.importorskip("torch")
+    import mpidl.ops.conv as conv
+    monkeypatch.setattr(conv, "CHUNK_ROWS", chunk_rows)
+    rng = np.random.default_rng(14)
+    C = FEW_CHANNELS + 2
+    x, W = rng.normal(size=(7, C, 6, 5)), rng.normal(size=(4, C, 3, 3))  # 30 rows per sample
+    b = rng.normal(size=4) if bias else None
+    y, cache = conv.conv2d_forward(channels_last(x), W, b, 1, 1, 1)
+    dy = rng.normal(size=y.shape)
+    dx, dW, db = conv.conv2d_backward(dy, cache)
+    tx, tW = torch.tensor(x, requires_grad=True), torch.tensor(W, requires_grad=True)
+    tb = torch.tensor(b, requires_grad=True) if bias else None
+    ty = torch.nn.functional.conv2d(tx, tW, tb, padding=1)
+    ty.backward(torch.tensor(dy))
+    for ours, theirs, what in ((y, ty, "y"), (dx, tx.grad, "dx"), (dW, tW.grad, "dW")):
+        assert_close(ours, theirs, np.float64, what)
+    if bias:
+        assert_close(db, tb.grad, np.float64, "db")
