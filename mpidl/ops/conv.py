@@ -8,9 +8,11 @@ memory, so no transpose is copied; element-wise layers and pooling keep the layo
 and the next convolution reads it directly. Inputs with few channels (a network's first
 layer) are gathered channels-first instead, where the runs along image rows are longer.
 
-The bias is one more patch column of ones, so it costs no pass over the output.
+The bias is one more patch column of ones, so it costs no pass over the output. With many
+channels the patches are gathered and multiplied a few samples at a time (CHUNK_ROWS), so
+each GEMM reads them from cache; backward gathers them again from the padded input.
 
-Backward: weight gradient (and bias gradient) = one GEMM with the cached patches; input gradient = col2im,
+Backward: weight gradient (and bias gradient) = GEMMs with the patches; input gradient = col2im,
 one GEMM and one strided add per kernel offset (kh*kw of them, never a loop over pixels).
 """
 
