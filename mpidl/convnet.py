@@ -43,11 +43,13 @@ class Conv2d(Layer):
 
 
 class MaxPool2d(Layer):
-    def __init__(self, kernel_size=2, stride=None):
-        self.kernel, self.stride = kernel_size, stride
+    """``relu=True``: max-pooling followed by ReLU in one layer (see pool.maxpool2d_forward)."""
+
+    def __init__(self, kernel_size=2, stride=None, relu=False):
+        self.kernel, self.stride, self.relu = kernel_size, stride, bool(relu)
 
     def forward(self, x, train=True):
-        y, cache = pool.maxpool2d_forward(x, self.kernel, self.stride)
+        y, cache = pool.maxpool2d_forward(x, self.kernel, self.stride, relu=self.relu)
         self._cache = cache if train else None
         return y
 

@@ -38,9 +38,12 @@ def _tiles(x, kernel, stride):
     return x.transpose(0, 2, 3, 1).reshape(N, Ho, kh, Wo, kw, C)
 
 
-def maxpool2d_forward(x, kernel=2, stride=None):
+def maxpool2d_forward(x, kernel=2, stride=None, relu=False):
     """Maximum over each window; the first maximum in (row, column) order wins ties, as in PyTorch.
-    The cache holds the winning offset of each window (one byte per output)."""
+    The cache holds the winning offset of each window (one byte per output).
+
+    ``relu=True`` gives relu(maxpool(x)) (= maxpool(relu(x))) in the same pass: windows whose
+    maximum is not positive get no winner, so the backward pass needs no mask of its own."""
     (kh, kw), s, hw = _geometry(x, kernel, stride)
     tiles = _tiles(x, kernel, stride)
     if tiles is not None:
@@ -51,7 +54,7 @@ def maxpool2d_forward(x, kernel=2, stride=None):
         offset = lambda a, p, q: _offset_view(a, p, q, s, hw)  # noqa: E731
         src = x
     y = offset(src, 0, 0).copy()
-    if kh * kw > 256:
+    if kh * kw > 255:
         raise ValueError(f"pool: window {kh}x{kw} too large")
     arg = np.zeros(y.shape, dtype=np.uint8)
     better = np.empty(y.shape, dtype=bool)
@@ -63,6 +66,11 @@ def maxpool2d_forward(x, kernel=2, stride=None):
         # Offsets grow with k, so max(arg, k*better) records the latest strict improvement
         # (masked copies are several times slower than these plain ufuncs).
         flag *= k
+        np.maximum(arg, flag, out=arg)
+    if relu:
+        np.maximum(y, 0, out=y)
+        np.equal(y, 0, out=better)  # no gradient where ReLU clips, as PyTorch's relu'(0) = 0
+        flag *= kh * kw             # an offset no window has: the backward masks never match it
         np.maximum(arg, flag, out=arg)
     if tiles is not None:
         y = y.transpose(0, 3, 1, 2)

@@ -268,3 +268,74 @@ def test_conv_models_pick_their_variant_from_the_sample_shape(name, shape, fc_in
     model.store.zero_grad()
     loss = model.train_step_grads(x, np.array([1, 2, 3]))
     assert np.isfinite(loss) and np.abs(model.store.grad).sum() > 0
+
+
+@pytest.mark.parametrize("kernel,stride", [(2, None), (3, 2), ((2, 3), (1, 2))])
+@pytest.mark.parametrize("layout", ["nchw", "nhwc"])
+def test_maxpool_with_fused_relu_equals_pool_then_relu(kernel, stride, layout):
+    rng = np.random.default_rng(11)
+    x = rng.normal(size=(3, 4, 8, 10)).astype(np.float32)
+    x[0, 0, :2, :2] = 1.5       # a tie among positive values: the first still wins
+    x[1, 1, :4, :4] = 0.0       # windows whose maximum is exactly 0: ReLU passes no gradient
+    x[2, 2] = -np.abs(x[2, 2])  # a whole channel clipped
+    x = channels_last(x) if layout == "nhwc" else x
+    y_ref, cache_ref = pool.maxpool2d_forward(x, kernel, stride)
+    y, cache = pool.maxpool2d_forward(x, kernel, stride, relu=True)
+    np.testing.assert_array_equal(y, np.maximum(y_ref, 0))
+    dy = rng.normal(size=y.shape).astype(np.float32)
+    expected = pool.maxpool2d_backward(dy * (y_ref > 0), cache_ref)
+    np.testing.assert_array_equal(pool.maxpool2d_backward(dy, cache), expected)
+
+
+def test_cnn_builder_fuses_relu_into_pooling_and_matches_unfused_network():
+    from mpidl.convnet import Conv2d, MaxPool2d
+    from mpidl.layers import ReLU, Sequential
+    from mpidl.models import Model
+    model = Model("cnn", (1, 12, 12), 10)
+    model.allocate(np.float32, 0)
+    pools = [layer for layer in model.net.layers if isinstance(layer, MaxPool2d)]
+    assert len(pools) == 2 and all(p.relu for p in pools)
+    # The same layers with separate ReLUs give the same outputs and gradients.
+    unfused = []
+    for layer in model.net.layers:
+        if isinstance(layer, MaxPool2d):
+            unfused += [MaxPool2d(2), ReLU()]
+        else:
+            unfused.append(layer)
+    reference = Sequential(*unfused)
+    x = np.random.default_rng(12).normal(size=(5, 1, 12, 12)).astype(np.float32)
+    out = model.net.forward(x)
+    dout = np.random.default_rng(13).normal(size=out.shape).astype(np.float32)
+    model.store.zero_grad()
+    model.net.backward(dout)
+    fused_grad = model.store.grad.copy()
+    np.testing.assert_array_equal(reference.forward(x), out)
+    model.store.zero_grad()
+    reference.backward(dout)
+    np.testing.assert_array_equal(model.store.grad, fused_grad)
+    assert isinstance(model.net.layers[0], Conv2d)
+
+
+@pytest.mark.parametrize("chunk_rows", [1, 50, 10 ** 9])
+@pytest.mark.parametrize("bias", [True, False])
+def test_conv2d_chunked_patches_give_the_same_result_for_any_chunk_size(monkeypatch, chunk_rows, bias):
+    """The many-channel path gathers patches a few samples at a time: one sample per chunk,
+    several with a ragged last chunk, and the whole batch at once must all agree with PyTorch."""
+    torch = pytest.importorskip("torch")
+    import mpidl.ops.conv as conv
+    monkeypatch.setattr(conv, "CHUNK_ROWS", chunk_rows)
+    rng = np.random.default_rng(14)
+    C = FEW_CHANNELS + 2
+    x, W = rng.normal(size=(7, C, 6, 5)), rng.normal(size=(4, C, 3, 3))  # 30 rows per sample
+    b = rng.normal(size=4) if bias else None
+    y, cache = conv.conv2d_forward(channels_last(x), W, b, 1, 1, 1)
+    dy = rng.normal(size=y.shape)
+    dx, dW, db = conv.conv2d_backward(dy, cache)
+    tx, tW = torch.tensor(x, requires_grad=True), torch.tensor(W, requires_grad=True)
+    tb = torch.tensor(b, requires_grad=True) if bias else None
+    ty = torch.nn.functional.conv2d(tx, tW, tb, padding=1)
+    ty.backward(torch.tensor(dy))
+    for ours, theirs, what in ((y, ty, "y"), (dx, tx.grad, "dx"), (dW, tW.grad, "dW")):
+        assert_close(ours, theirs, np.float64, what)
+    if bias:
+        assert_close(db, tb.grad, np.float64, "db")
