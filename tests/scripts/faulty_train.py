@@ -1,7 +1,7 @@
 """`python -m mpidl.train` with one injected fault, for the failure tests.
 
 usage: faulty_train.py FAULT RANK STEP [mpidl.train options...]
-FAULT: nan (NaN in that rank's local gradient), drift (nudge that rank's weights after the
+FAULT: nan (NaN in one of that rank's inputs), drift (nudge that rank's weights after the
 step), stall (that rank hangs before the step), raise (that rank raises), none.
 """
 
@@ -22,17 +22,12 @@ def train_step(self, step, batch=None):
     if hit and fault == "raise":
         raise RuntimeError(f"injected failure at step {fault_step}")
     if hit and fault == "nan":
-        grads = self.model.train_step_grads
-
-        def poisoned(*a, **k):
-            loss = grads(*a, **k)
-            self.store.grad[-1] = float("nan")
-            return loss
-        self.model.train_step_grads = poisoned
-        try:
-            return original(self, step, batch)
-        finally:
-            self.model.train_step_grads = grads
+        # A NaN in one input sample, as bad data would bring: it reaches the gradients during
+        # backward, before any bucket of them is sent.
+        x, y = batch if batch is not None else self.prepare_batch(step)
+        x = x.copy()
+        x.flat[0] = float("nan")
+        return original(self, step, (x, y))
     result = original(self, step, batch)
     if hit and fault == "drift":
         self.store.data[0] += 1e-3
