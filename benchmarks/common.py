@@ -28,7 +28,7 @@ def mpiexec() -> str:
 
 
 # "auto": MPICH yields the core while a rank waits (MPIR_CVAR_ENABLE_HEAVY_YIELD) when ranks
-# outnumber cores or other programs were already running when the benchmark started; a
+# outnumber cores or other programs already filled the cores when the benchmark started; a
 # busy-polling rank then steals time from the rank it waits for (measured here: 2-3x slower
 # steps on a loaded 2-core machine). "on"/"off" force it.
 MPI_YIELD = "auto"

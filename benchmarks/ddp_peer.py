@@ -50,8 +50,10 @@ def torch_twin(model: Model) -> nn.Sequential:
             out_c, in_c, kh, kw = layer.W.shape
             m = nn.Conv2d(in_c, out_c, (kh, kw), stride=_pair(layer.stride), padding=_pair(layer.padding),
                           dilation=_pair(getattr(layer, "dilation", 1)), bias=layer.b is not None)
-        elif kind == "MaxPool2d":
+        elif kind == "MaxPool2d":  # mpidl may fuse the following ReLU into the pool
             m = nn.MaxPool2d(layer.kernel, layer.stride)
+            if getattr(layer, "relu", False):
+                m = nn.Sequential(m, nn.ReLU())
         elif kind in ("ReLU", "Sigmoid", "Tanh", "Flatten"):
             m = getattr(nn, kind)()
         else:
