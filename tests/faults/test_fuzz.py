@@ -93,3 +93,32 @@ def test_uneven_data_epochs_end_together(n, size, batch, drop_last, epoch):
     assert len({len(s) for s in steps}) == 1 and len(steps[0]) >= 1
     for per_rank in zip(*steps):
         assert sum(len(s.indices) for s in per_rank) == per_rank[0].global_count
+
+
+def _cifar_pickle(n=2, protocol=2):
+    import pickle
+    data = np.arange(n * 3072, dtype=np.uint8).reshape(n, 3072)
+    return pickle.dumps({b"data": data, b"labels": list(range(n)), b"batch_label": b"x"}, protocol=protocol)
+
+
+@FUZZ
+@given(st.binary(max_size=200) | st.builds(lambda cut, flip, proto: (cut, flip, proto),
+                                           st.integers(0, 400), st.integers(0, 10_000), st.sampled_from([2, 4, 5])))
+def test_cifar_reader_random_and_mutated_pickles(tmp_path_factory, case):
+    """Random bytes, truncated or bit-flipped real batches: a DataError or a valid batch, never
+    another exception (and, by the restricted unpickler, never code run)."""
+    from mpidl.data.cifar import read_batch
+    if isinstance(case, tuple):
+        cut, flip, proto = case
+        raw = bytearray(_cifar_pickle(protocol=proto))
+        raw[flip % len(raw)] ^= 0x5A
+        raw = bytes(raw[: max(len(raw) - cut, 0)])
+    else:
+        raw = case
+    path = tmp_path_factory.mktemp("cifar") / "data_batch_1"
+    path.write_bytes(raw)
+    try:
+        images, labels = read_batch(str(path))
+    except DataError:
+        return
+    assert images.dtype == np.uint8 and len(images) == len(labels)
