@@ -99,8 +99,7 @@ class Communicator:
         """In-place mean over ranks: one Allreduce of the whole buffer, then a division
         (correctly rounded, unlike a multiply by a rounded 1/size)."""
         if self.size > 1:
-            with self._watch("Allreduce(gradients)"):
-                self._comm.Allreduce(self._MPI.IN_PLACE, buf, op=self._MPI.SUM)
+            self.allreduce_sum_(buf, what="Allreduce(gradients)")
             buf /= self.size
         return buf
 

@@ -164,7 +164,10 @@ class Trainer:
         loss_sum = 0.0
         # --accumulate: this rank's share in micro-batches, each weighted by its size, so the
         # summed gradient is the whole share's mean gradient; one reduction per step.
-        parts = [p for p in np.array_split(np.arange(n), self.cfg.accumulate) if len(p)]
+        if self.cfg.accumulate == 1:  # the usual case: no index arrays to build every step
+            parts = [range(n)] if n else []
+        else:
+            parts = [p for p in np.array_split(np.arange(n), self.cfg.accumulate) if len(p)]
         for i, part in enumerate(parts):
             if i == len(parts) - 1:
                 self.sync.arm()
