@@ -46,7 +46,7 @@ def torch_twin(model: Model) -> nn.Sequential:
         if kind == "Linear":
             out_f, in_f = layer.W.shape
             m = nn.Linear(in_f, out_f, bias=layer.b is not None)
-        elif kind == "Conv2d":
+        elif kind in ("Conv2d", "Conv2dPoolReLU"):
             out_c, in_c, kh, kw = layer.W.shape
             m = nn.Conv2d(in_c, out_c, (kh, kw), stride=_pair(layer.stride), padding=_pair(layer.padding),
                           dilation=_pair(getattr(layer, "dilation", 1)), bias=layer.b is not None)
@@ -63,6 +63,8 @@ def torch_twin(model: Model) -> nn.Sequential:
                 m.weight.copy_(torch.from_numpy(np.array(layer.W.data)))
                 if m.bias is not None:
                     m.bias.copy_(torch.from_numpy(np.array(layer.b.data)))
+        if kind == "Conv2dPoolReLU":  # mpidl's fused block is these three torch layers
+            m = nn.Sequential(m, nn.MaxPool2d(2), nn.ReLU())
         mods.append(m)
     return nn.Sequential(*mods)
 

@@ -13,6 +13,8 @@ from mpidl import init as initializers
 from mpidl.layers import Layer
 from mpidl.ops import pool, regularize as reg
 from mpidl.ops.conv import _pair, conv2d_backward, conv2d_forward
+from mpidl.ops.scratch import Scratch
+from mpidl.ops.convpool import conv2d_pool_relu_backward, conv2d_pool_relu_forward
 from mpidl.params import ParamStore
 
 
@@ -26,20 +28,32 @@ class Conv2d(Layer):
         self.stride, self.padding, self.dilation = _pair(stride), _pair(padding), _pair(dilation)
         self.need_input_grad = True  # the Model turns this off for the first layer
         self._cache = None
+        self._scratch = Scratch()    # working arrays reused from step to step
+
+    _forward, _backward = staticmethod(conv2d_forward), staticmethod(conv2d_backward)
 
     def forward(self, x, train=True):
-        y, cache = conv2d_forward(x, self.W.data, None if self.b is None else self.b.data,
-                                  self.stride, self.padding, self.dilation, keep_cols=train)
+        y, cache = self._forward(x, self.W.data, None if self.b is None else self.b.data,
+                                 self.stride, self.padding, self.dilation, keep_cols=train, scratch=self._scratch)
         self._cache = cache if train else None
         return y
 
     def backward(self, dy):
-        dx, dW, db = conv2d_backward(dy, self._cache, need_dx=self.need_input_grad, need_db=self.b is not None)
+        dx, dW, db = self._backward(dy, self._cache, need_dx=self.need_input_grad, need_db=self.b is not None,
+                                    scratch=self._scratch)
         self.W.grad += dW
         if self.b is not None:
             self.b.grad += db
         self._cache = None
         return dx
+
+
+class Conv2dPoolReLU(Conv2d):
+    """Conv2d, then 2x2 max-pooling, then ReLU, computed in one pass (mpidl.ops.convpool):
+    the same function and parameters as the three layers, without ever storing the
+    full-resolution convolution output."""
+
+    _forward, _backward = staticmethod(conv2d_pool_relu_forward), staticmethod(conv2d_pool_relu_backward)
 
 
 class MaxPool2d(Layer):

@@ -62,15 +62,15 @@ def build_linear(store, shape, n_out, options):
 def build_cnn(store, shape, n_out, options):
     """The classic CIFAR-10 network; on 1-channel 28x28 images the same layers give fc 3136->512.
 
-    conv-ReLU-maxpool is built as conv-maxpool-ReLU: max-pooling commutes with ReLU (both are
-    monotone), so the function and its gradients are the same, with a quarter of the ReLU work;
-    the pooling layer applies that ReLU itself, saving two more passes.
+    Each conv-ReLU-maxpool block is one fused layer, Conv2dPoolReLU: max-pooling commutes with
+    ReLU (both are monotone), so conv-maxpool-ReLU is the same function, and computing it in
+    one pass never stores the full-resolution convolution output (see mpidl.ops.convpool).
     """
-    from mpidl.convnet import Conv2d, MaxPool2d
+    from mpidl.convnet import Conv2dPoolReLU
     channels, height, width = shape
     return Sequential(
-        Conv2d(store, "conv1", channels, 32, 3, padding=1), MaxPool2d(2, relu=True),
-        Conv2d(store, "conv2", 32, 64, 3, padding=1), MaxPool2d(2, relu=True),
+        Conv2dPoolReLU(store, "conv1", channels, 32, 3, padding=1),
+        Conv2dPoolReLU(store, "conv2", 32, 64, 3, padding=1),
         Flatten(),
         Linear(store, "fc1", 64 * (height // 4) * (width // 4), 512), ReLU(),
         Linear(store, "fc2", 512, n_out, init="xavier"))
@@ -78,13 +78,13 @@ def build_cnn(store, shape, n_out, options):
 
 def build_lenet(store, shape, n_out, options):
     """LeNet-5 (LeCun et al., 1998) with ReLU and max-pooling; 28x28 inputs are padded to 32x32."""
-    from mpidl.convnet import Conv2d, MaxPool2d
+    from mpidl.convnet import Conv2dPoolReLU
     channels, height, width = shape
     pad = max(0, (32 - min(height, width)) // 2)
     h, w = ((height + 2 * pad - 4) // 2 - 4) // 2, ((width + 2 * pad - 4) // 2 - 4) // 2
     return Sequential(
-        Conv2d(store, "conv1", channels, 6, 5, padding=pad), MaxPool2d(2, relu=True),  # see build_cnn
-        Conv2d(store, "conv2", 6, 16, 5), MaxPool2d(2, relu=True),
+        Conv2dPoolReLU(store, "conv1", channels, 6, 5, padding=pad),  # see build_cnn
+        Conv2dPoolReLU(store, "conv2", 6, 16, 5),
         Flatten(),
         Linear(store, "fc1", 16 * h * w, 120), ReLU(),
         Linear(store, "fc2", 120, 84), ReLU(),

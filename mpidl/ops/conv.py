@@ -21,6 +21,8 @@ from __future__ import annotations
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
+from mpidl.ops.scratch import FRESH
+
 
 # Below this many input channels the patch matrix is gathered channels-first (see conv2d_forward).
 FEW_CHANNELS = 8
@@ -43,70 +45,102 @@ def _window_slices(k_index, dilation, stride, n_out):
     return slice(start, start + stride * (n_out - 1) + 1, stride)
 
 
-def _sample_spans(N, rows_per_sample):
-    """[lo, hi) sample ranges of about CHUNK_ROWS patch rows each."""
-    step = max(1, CHUNK_ROWS // rows_per_sample)
+def _sample_spans(N, rows_per_sample, chunk_rows=None):
+    """[lo, hi) sample ranges of about chunk_rows (default CHUNK_ROWS) patch rows each."""
+    step = max(1, (CHUNK_ROWS if chunk_rows is None else chunk_rows) // rows_per_sample)
     return [(lo, min(N, lo + step)) for lo in range(0, N, step)]
 
 
-def _patch_buffer(rows, K, ones, dtype):
+def _patch_buffer(rows, K, ones, dtype, scratch=FRESH):
     """Scratch for one chunk of patches; with ``ones`` a last column of ones carries the bias."""
-    buf = np.empty((rows, K + ones), dtype=dtype)
+    buf = scratch.empty("patches", (rows, K + ones), dtype)
     if ones:
         buf[:, K] = 1
     return buf
 
 
-def conv2d_forward(x, W, b=None, stride=1, padding=0, dilation=1, keep_cols=True):
-    """y[n, f, i, j] = b[f] + sum_{c, p, q} W[f, c, p, q] * xpad[n, c, i*s + p*d, j*s + q*d].
-
-    Returns (y, cache). ``keep_cols=False`` (evaluation) keeps nothing for a backward pass.
-    """
-    N, C, H, Wd = x.shape
-    F, Cw, kh, kw = W.shape
+def conv_geometry(what, x_shape, W_shape, stride, padding, dilation):
+    """((sh, sw), (ph, pw), (dh, dw), (Ho, Wo)), after checking that the shapes fit."""
+    N, C, H, Wd = x_shape
+    F, Cw, kh, kw = W_shape
     if C != Cw:
-        raise ValueError(f"conv2d: input has {C} channels, weight expects {Cw}")
+        raise ValueError(f"{what}: input has {C} channels, weight expects {Cw}")
     (sh, sw), (ph, pw), (dh, dw) = _pair(stride), _pair(padding), _pair(dilation)
     Ho, Wo = output_size(H, kh, sh, ph, dh), output_size(Wd, kw, sw, pw, dw)
     if Ho < 1 or Wo < 1:
-        raise ValueError(f"conv2d: kernel {kh}x{kw} does not fit the padded {H}x{Wd} input")
+        raise ValueError(f"{what}: kernel {kh}x{kw} does not fit the padded {H}x{Wd} input")
+    return (sh, sw), (ph, pw), (dh, dw), (Ho, Wo)
 
+
+def with_bias(W_mat, b):
+    """(F, K) weights, plus the bias as column K when there is one. The bias rides in the GEMM
+    as one more patch column of ones: that saves a pass over the output in forward and gives
+    db from the weight-gradient GEMM in backward."""
+    if b is None:
+        return W_mat
+    return np.concatenate([W_mat, b.reshape(-1, 1).astype(W_mat.dtype, copy=False)], axis=1)
+
+
+def few_channel_windows(x, kernel, stride, padding, dilation, out_hw, scratch=FRESH):
+    """All windows of the zero-padded NCHW input as a strided view (N, C, Ho, Wo, kh, kw)."""
+    (kh, kw), (sh, sw), (ph, pw), (dh, dw), (Ho, Wo) = kernel, stride, padding, dilation, out_hw
+    N, C, H, Wd = x.shape
+    xp = scratch.zeros_once("padded", (N, C, H + 2 * ph, Wd + 2 * pw), x.dtype)
+    xp[:, :, ph:ph + H, pw:pw + Wd] = x  # the same part each time: the border stays zero
     window = (dh * (kh - 1) + 1, dw * (kw - 1) + 1)
+    return sliding_window_view(xp, window, axis=(2, 3))[:, :, ::sh, ::sw, ::dh, ::dw][:, :, :Ho, :Wo]
+
+
+def channels_last_patches(x, kernel, stride, padding, dilation, out_hw, scratch=FRESH):
+    """All patches as a strided view (N, Ho, Wo, kh, kw, C) of a channels-last padded copy
+    (no copy at all when there is no padding and x is channels-last in memory)."""
+    (kh, kw), (sh, sw), (ph, pw), (dh, dw), (Ho, Wo) = kernel, stride, padding, dilation, out_hw
+    N, C, H, Wd = x.shape
+    x_nhwc = x.transpose(0, 2, 3, 1)
+    if ph or pw:
+        xp = scratch.zeros_once("padded", (N, H + 2 * ph, Wd + 2 * pw, C), x.dtype)
+        xp[:, ph:ph + H, pw:pw + Wd, :] = x_nhwc
+    else:
+        xp = x_nhwc
+    window = (dh * (kh - 1) + 1, dw * (kw - 1) + 1)
+    windows = sliding_window_view(xp, window, axis=(1, 2))[:, ::sh, ::sw, :, ::dh, ::dw][:, :Ho, :Wo]
+    return windows.transpose(0, 1, 2, 4, 5, 3)
+
+
+def conv2d_forward(x, W, b=None, stride=1, padding=0, dilation=1, keep_cols=True, scratch=FRESH):
+    """y[n, f, i, j] = b[f] + sum_{c, p, q} W[f, c, p, q] * xpad[n, c, i*s + p*d, j*s + q*d].
+
+    Returns (y, cache). ``keep_cols=False`` (evaluation) keeps nothing for a backward pass.
+    ``scratch``: where the working arrays come from (mpidl.ops.scratch); the cache refers to
+    them, so it is good until the next call with the same Scratch.
+    """
+    N, C, H, Wd = x.shape
+    F, _, kh, kw = W.shape
+    (sh, sw), (ph, pw), (dh, dw), (Ho, Wo) = conv_geometry("conv2d", x.shape, W.shape, stride, padding, dilation)
     K = C * kh * kw
     # The bias rides in the GEMM as one more patch column of ones (and one more weight column):
     # that saves a pass over the output here and gives db from the weight-gradient GEMM.
     ones = 0 if b is None else 1
-    W_bias = (lambda W_mat: np.concatenate([W_mat, b.reshape(F, 1).astype(W_mat.dtype, copy=False)], axis=1)
-              if ones else W_mat)
     if C < FEW_CHANNELS:
         # Few channels (the first layer): patches stored transposed, (c, p, q | n, i, j), gathered
         # from an NCHW copy, so the copy runs along image rows instead of along 1-3 channels.
         # The whole patch matrix is kept for backward (it is small: K = C*kh*kw).
-        xp = np.zeros((N, C, H + 2 * ph, Wd + 2 * pw), dtype=x.dtype)
-        xp[:, :, ph:ph + H, pw:pw + Wd] = x
-        windows = sliding_window_view(xp, window, axis=(2, 3))[:, :, ::sh, ::sw, ::dh, ::dw][:, :, :Ho, :Wo]
-        cols_t = np.empty((K + ones, N * Ho * Wo), dtype=x.dtype)
+        windows = few_channel_windows(x, (kh, kw), (sh, sw), (ph, pw), (dh, dw), (Ho, Wo), scratch)
+        cols_t = scratch.empty("cols", (K + ones, N * Ho * Wo), x.dtype)
         np.copyto(cols_t[:K].reshape(C, kh, kw, N, Ho, Wo), windows.transpose(1, 4, 5, 0, 2, 3))
         if ones:
             cols_t[K] = 1
-        out = cols_t.T @ W_bias(W.reshape(F, K)).T                 # (c, p, q) order: W needs no copy
+        out = cols_t.T @ with_bias(W.reshape(F, K), b).T                 # (c, p, q) order: W needs no copy
         source = cols_t.T                                           # (N*Ho*Wo, K [+1]) as a transposed view
     else:
         # Channels-last padded copy (a view of conv2d's own output layout needs no transpose copy),
         # all windows as a strided view subsampled for stride and dilation. Patches ordered
         # (n, i, j | p, q, c) are copied out of it a chunk of samples at a time, each chunk
         # straight into its GEMM; backward gathers them again from the padded input.
-        x_nhwc = x.transpose(0, 2, 3, 1)
-        if ph or pw:
-            xp = np.zeros((N, H + 2 * ph, Wd + 2 * pw, C), dtype=x.dtype)
-            xp[:, ph:ph + H, pw:pw + Wd, :] = x_nhwc
-        else:
-            xp = x_nhwc
-        windows = sliding_window_view(xp, window, axis=(1, 2))[:, ::sh, ::sw, :, ::dh, ::dw][:, :Ho, :Wo]
-        patches = windows.transpose(0, 1, 2, 4, 5, 3)                # (N, Ho, Wo, kh, kw, C) view
-        W_T = W_bias(W.transpose(0, 2, 3, 1).reshape(F, K)).T        # small copy, same (p, q, c) order
+        patches = channels_last_patches(x, (kh, kw), (sh, sw), (ph, pw), (dh, dw), (Ho, Wo), scratch)
+        W_T = with_bias(W.transpose(0, 2, 3, 1).reshape(F, K), b).T        # small copy, same (p, q, c) order
         spans = _sample_spans(N, Ho * Wo)
-        buf = _patch_buffer((spans[0][1] - spans[0][0]) * Ho * Wo, K, ones, x.dtype)
+        buf = _patch_buffer((spans[0][1] - spans[0][0]) * Ho * Wo, K, ones, x.dtype, scratch)
         out = np.empty((N * Ho * Wo, F), dtype=np.result_type(x.dtype, W.dtype))
         for lo, hi in spans:
             rows = (hi - lo) * Ho * Wo
@@ -118,65 +152,94 @@ def conv2d_forward(x, W, b=None, stride=1, padding=0, dilation=1, keep_cols=True
     return y, cache
 
 
-def conv2d_backward(dy, cache, need_dx=True, need_db=True):
+def conv2d_backward(dy, cache, need_dx=True, need_db=True, scratch=FRESH):
     """Returns (dx, dW, db); dx is None when not needed, db None when there is no bias."""
-    source, ones, W, x_shape, (sh, sw), (ph, pw), (dh, dw), (Ho, Wo) = cache
+    source, ones, W, x_shape, stride, padding, dilation, (Ho, Wo) = cache
     if source is None:
         raise RuntimeError("conv2d_backward: the forward pass ran without keeping its patches")
     N, C, H, Wd = x_shape
     F, _, kh, kw = W.shape
     dy_mat = dy.transpose(0, 2, 3, 1).reshape(N * Ho * Wo, F)  # a view when dy is channels-last
     K = C * kh * kw
-    if C < FEW_CHANNELS:
-        # source is a transposed view of the (K [+1], N*Ho*Wo) patches: multiply in their own layout.
-        grads = (source.T @ dy_mat).T                               # (F, K [+1])
-        dW = grads[:, :K].reshape(F, C, kh, kw)
-        if need_dx:
-            dxp = _col2im(dy_mat, W, N, C, H, Wd, (sh, sw), (ph, pw), (dh, dw), (Ho, Wo), [(0, N)])
-    else:
-        # Chunk by chunk, as in forward: gather the patches again (from the small padded input),
-        # accumulate the weight gradient, and scatter this chunk's input gradient.
-        spans = _sample_spans(N, Ho * Wo)
-        buf = _patch_buffer((spans[0][1] - spans[0][0]) * Ho * Wo, K, ones, source.dtype)
-        grads = np.zeros((F, K + ones), dtype=np.result_type(dy.dtype, source.dtype))
-        part = np.empty_like(grads)
-        for lo, hi in spans:
-            rows = (hi - lo) * Ho * Wo
-            np.copyto(buf[:rows, :K].reshape(hi - lo, Ho, Wo, kh, kw, C), source[lo:hi])
-            np.matmul(dy_mat[lo * Ho * Wo:hi * Ho * Wo].T, buf[:rows], out=part)
-            grads += part
-        dW = grads[:, :K].reshape(F, kh, kw, C).transpose(0, 3, 1, 2)
-        if need_dx:
-            dxp = _col2im(dy_mat, W, N, C, H, Wd, (sh, sw), (ph, pw), (dh, dw), (Ho, Wo), spans)
-    if not need_db:
-        db = None
-    elif ones:                    # the forward's column of ones: db came out of the same GEMM
-        db = grads[:, K]
-    else:
-        # Column sums as a matrix-vector product: several times faster than sum(axis=0) on a tall matrix.
-        db = np.ones(N * Ho * Wo, dtype=dy.dtype) @ dy_mat
+    if C >= FEW_CHANNELS:
+        return backward_by_chunks(lambda lo, hi: dy_mat[lo * Ho * Wo:hi * Ho * Wo], cache, need_dx, need_db,
+                                  np.result_type(dy.dtype, W.dtype), scratch)
+    # source is a transposed view of the (K [+1], N*Ho*Wo) patches: multiply in their own layout.
+    grads = (source.T @ dy_mat).T                                   # (F, K [+1])
+    dW = grads[:, :K].reshape(F, C, kh, kw)
+    db = _bias_grad(grads, K, ones, dy_mat) if need_db else None
     if not need_dx:
         return None, dW, db
-    dx = dxp[:, ph:ph + H, pw:pw + Wd, :].transpose(0, 3, 1, 2)
-    return dx, dW, db
+    dx = InputGrad(W, x_shape, stride, padding, dilation, (Ho, Wo), N, grads.dtype)
+    dx.add(0, N, dy_mat)
+    return dx.result(), dW, db
 
 
-def _col2im(dy_mat, W, N, C, H, Wd, stride, padding, dilation, out_hw, spans):
-    """Input gradient, padded, channels-last: the patch gradients of kernel offset (p, q) are
-    dy_mat @ W[:, :, p, q], added onto a shifted slice of the padded input gradient. One offset
-    at a time into a scratch block, one chunk of samples at a time, so the block and the slice
-    of the gradient it is added to stay in cache."""
-    (sh, sw), (ph, pw), (dh, dw), (Ho, Wo) = stride, padding, dilation, out_hw
+def _bias_grad(grads, K, ones, dy_mat):
+    if ones:                    # the forward's column of ones: db came out of the weight-gradient GEMM
+        return grads[:, K]
+    # Column sums as a matrix-vector product: several times faster than sum(axis=0) on a tall matrix.
+    return np.ones(len(dy_mat), dtype=dy_mat.dtype) @ dy_mat
+
+
+def backward_by_chunks(dy_rows, cache, need_dx, need_db, dtype, scratch=FRESH):
+    """conv2d_backward on the channels-last path, given dy_rows(lo, hi): the output gradient of
+    samples lo..hi as (rows, F) in (n, i, j) order. Chunk by chunk, as in forward: gather the
+    patches again (from the small padded input), accumulate the weight gradient, and scatter
+    this chunk's input gradient."""
+    source, ones, W, x_shape, stride, padding, dilation, (Ho, Wo) = cache
+    N, C, H, Wd = x_shape
     F, _, kh, kw = W.shape
-    W_offsets = np.ascontiguousarray(W.transpose(2, 3, 0, 1).reshape(kh * kw, F, C))  # (kh*kw, F, C)
-    dxp = np.zeros((N, H + 2 * ph, Wd + 2 * pw, C), dtype=np.result_type(dy_mat.dtype, W.dtype))
-    block = np.empty(((spans[0][1] - spans[0][0]) * Ho * Wo, C), dtype=dxp.dtype)
+    K = C * kh * kw
+    spans = _sample_spans(N, Ho * Wo)
+    buf = _patch_buffer((spans[0][1] - spans[0][0]) * Ho * Wo, K, ones, source.dtype, scratch)
+    grads = np.zeros((F, K + ones), dtype=dtype)
+    part = np.empty_like(grads)
+    db = np.zeros(F, dtype=dtype) if need_db and not ones else None
+    dx = InputGrad(W, x_shape, stride, padding, dilation, (Ho, Wo), spans[0][1] - spans[0][0], dtype) \
+        if need_dx else None
     for lo, hi in spans:
         rows = (hi - lo) * Ho * Wo
-        dy_part, part, block_part = dy_mat[lo * Ho * Wo:hi * Ho * Wo], dxp[lo:hi], block[:rows]
+        dy_part = dy_rows(lo, hi)
+        np.copyto(buf[:rows, :K].reshape(hi - lo, Ho, Wo, kh, kw, C), source[lo:hi])
+        np.matmul(dy_part.T, buf[:rows], out=part)
+        grads += part
+        if db is not None:
+            db += _bias_grad(None, K, 0, dy_part)
+        if dx is not None:
+            dx.add(lo, hi, dy_part)
+    dW = grads[:, :K].reshape(F, kh, kw, C).transpose(0, 3, 1, 2)
+    if need_db and ones:
+        db = grads[:, K]
+    return (None if dx is None else dx.result()), dW, db
+
+
+class InputGrad:
+    """col2im: the input gradient, accumulated chunk by chunk into a padded channels-last array.
+    The patch gradients of kernel offset (p, q) are dy_part @ W[:, :, p, q], added onto a shifted
+    slice of the padded gradient: one offset at a time into a small block, so the block and the
+    slice it is added to stay in cache."""
+
+    def __init__(self, W, x_shape, stride, padding, dilation, out_hw, chunk_samples, dtype):
+        N, C, H, Wd = x_shape
+        F, _, kh, kw = W.shape
+        self.geometry = (kh, kw, C) + tuple(stride) + tuple(dilation) + tuple(out_hw)
+        self.padding, self.size = padding, (H, Wd)
+        self.W_offsets = np.ascontiguousarray(W.transpose(2, 3, 0, 1).reshape(kh * kw, F, C))
+        self.dxp = np.zeros((N, H + 2 * padding[0], Wd + 2 * padding[1], C), dtype=dtype)
+        self.block = np.empty((chunk_samples * out_hw[0] * out_hw[1], C), dtype=dtype)
+
+    def add(self, lo, hi, dy_part):
+        """dy_part: (rows, F) output gradient of samples lo..hi, rows in (n, i, j) order."""
+        kh, kw, C, sh, sw, dh, dw, Ho, Wo = self.geometry
+        block, target = self.block[:len(dy_part)], self.dxp[lo:hi]
         for p in range(kh):
             row_slice = _window_slices(p, dh, sh, Ho)
             for q in range(kw):
-                np.matmul(dy_part, W_offsets[p * kw + q], out=block_part)
-                part[:, row_slice, _window_slices(q, dw, sw, Wo), :] += block_part.reshape(hi - lo, Ho, Wo, C)
-    return dxp
+                np.matmul(dy_part, self.W_offsets[p * kw + q], out=block)
+                target[:, row_slice, _window_slices(q, dw, sw, Wo), :] += block.reshape(hi - lo, Ho, Wo, C)
+
+    def result(self):
+        """The NCHW view of the input-sized part of the padded gradient."""
+        (ph, pw), (H, Wd) = self.padding, self.size
+        return self.dxp[:, ph:ph + H, pw:pw + Wd, :].transpose(0, 3, 1, 2)

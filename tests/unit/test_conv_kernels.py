@@ -287,33 +287,39 @@ def test_maxpool_with_fused_relu_equals_pool_then_relu(kernel, stride, layout):
     np.testing.assert_array_equal(pool.maxpool2d_backward(dy, cache), expected)
 
 
-def test_cnn_builder_fuses_relu_into_pooling_and_matches_unfused_network():
-    from mpidl.convnet import Conv2d, MaxPool2d
+@pytest.mark.parametrize("name", ["cnn", "lenet"])
+def test_conv_builders_fuse_conv_pool_relu_and_match_the_unfused_network(name):
+    from mpidl.convnet import Conv2d, Conv2dPoolReLU, MaxPool2d
     from mpidl.layers import ReLU, Sequential
     from mpidl.models import Model
-    model = Model("cnn", (1, 12, 12), 10)
-    model.allocate(np.float32, 0)
-    pools = [layer for layer in model.net.layers if isinstance(layer, MaxPool2d)]
-    assert len(pools) == 2 and all(p.relu for p in pools)
-    # The same layers with separate ReLUs give the same outputs and gradients.
+    model = Model(name, (1, 12, 12), 10)
+    model.allocate(np.float64, 0)
+    fused = [layer for layer in model.net.layers if isinstance(layer, Conv2dPoolReLU)]
+    assert len(fused) == 2
+    # The same parameters in separate Conv2d, MaxPool2d and ReLU layers give the same outputs and gradients.
     unfused = []
     for layer in model.net.layers:
-        if isinstance(layer, MaxPool2d):
-            unfused += [MaxPool2d(2), ReLU()]
+        if isinstance(layer, Conv2dPoolReLU):
+            conv = Conv2d.__new__(Conv2d)
+            conv.__dict__.update(layer.__dict__)
+            conv._scratch = type(layer._scratch)()
+            unfused += [conv, MaxPool2d(2), ReLU()]
         else:
             unfused.append(layer)
     reference = Sequential(*unfused)
-    x = np.random.default_rng(12).normal(size=(5, 1, 12, 12)).astype(np.float32)
-    out = model.net.forward(x)
-    dout = np.random.default_rng(13).normal(size=out.shape).astype(np.float32)
-    model.store.zero_grad()
-    model.net.backward(dout)
-    fused_grad = model.store.grad.copy()
-    np.testing.assert_array_equal(reference.forward(x), out)
-    model.store.zero_grad()
-    reference.backward(dout)
-    np.testing.assert_array_equal(model.store.grad, fused_grad)
-    assert isinstance(model.net.layers[0], Conv2d)
+    rng = np.random.default_rng(12)
+    x = rng.normal(size=(5, 1, 12, 12))
+    x[:, :, :6, :6] = 0.5   # flat regions: ties in the pooling windows
+    for step in range(2):   # twice, so the second step runs on reused working arrays
+        out = model.net.forward(x + step)
+        dout = rng.normal(size=out.shape)
+        model.store.zero_grad()
+        model.net.backward(dout)
+        fused_grad = model.store.grad.copy()
+        np.testing.assert_allclose(reference.forward(x + step), out, rtol=1e-12, atol=1e-12)
+        model.store.zero_grad()
+        reference.backward(dout)
+        np.testing.assert_allclose(model.store.grad, fused_grad, rtol=1e-12, atol=1e-12)
 
 
 @pytest.mark.parametrize("chunk_rows", [1, 50, 10 ** 9])
