@@ -5,7 +5,14 @@ from __future__ import annotations
 
 def linear_forward(x, W, b=None):
     # One 2-D GEMM over all leading axes: matmul on a 3-D x runs one small GEMM per sample.
-    y = (x.reshape(-1, x.shape[-1]) @ W.T).reshape(*x.shape[:-1], W.shape[0])
+    x2 = x.reshape(-1, x.shape[-1])
+    if len(x2) < W.shape[0]:
+        # Fewer rows than outputs (a wide layer, e.g. the CNN's fc 4096->512 at batch 100):
+        # OpenBLAS runs W @ x.T 10-20% faster than x @ W.T; y is then a transposed view.
+        y2 = (W @ x2.T).T
+    else:
+        y2 = x2 @ W.T
+    y = y2.reshape(*x.shape[:-1], W.shape[0])
     if b is not None:
         y += b
     return y, (x, W)
