@@ -95,10 +95,11 @@ def make_steps(name, shape, batch):
     model.allocate(np.float32, 0)
     opt = SGD(model.store.data, momentum=MOMENTUM)
 
-    def mpidl_step():
-        model.store.zero_grad()
+    model.store.zero_grad()
+
+    def mpidl_step():  # as the trainer runs it: the update leaves the gradients zeroed
         model.train_step_grads(x, y)
-        opt.step(model.store.data, model.store.grad, LR)
+        opt.step(model.store.data, model.store.grad, LR, zero_grad=True)
 
     tx, ty = torch.from_numpy(x), torch.from_numpy(y)
     loss_fn = torch.nn.CrossEntropyLoss()

@@ -486,7 +486,7 @@ def main(argv=None):
     res["machine"]["mpi"] = res["allreduce"][0]["library"]
     multi = [p for p in ranks if p >= 2]
     # Each iteration also computes a real gradient, so a big model gets fewer iterations.
-    iters = defaultdict(lambda: 10 if args.quick else 60, mlp=60 if args.quick else 400)
+    iters = defaultdict(lambda: 10 if args.quick else 200, mlp=60 if args.quick else 400)
     res["overhead"] = bench_overhead(models, min(multi), iters, work, cache_dir) if multi else []
     res["training"] = bench_training(models, ranks, args.per_rank_batch, steps, work, cache_dir)
     on_cores = [p for p in ranks if p <= ncores]  # paired comparisons where no rank waits for a core

@@ -107,6 +107,7 @@ class Trainer:
                                         weight_decay=cfg.weight_decay, momentum=cfg.momentum,
                                         nesterov=cfg.nesterov)
         self.optimizer_state_bytes = optimizer_state_bytes(self.optimizer)
+        self._grads_zeroed = False  # True when the last update left the gradients zeroed
         self.global_step = 0
         self.samples_seen = 0
         self.train_time = 0.0
@@ -159,7 +160,9 @@ class Trainer:
         x, y = batch
         clock.lap("data")
         self.comm.context = f"step {self.global_step + 1} (epoch {step.epoch + 1})"
-        self.store.zero_grad()
+        if not self._grads_zeroed:  # else the last update zeroed them on its way (cheaper)
+            self.store.zero_grad()
+        self._grads_zeroed = False
         n = len(step.indices)
         loss_sum = 0.0
         # --accumulate: this rank's share in micro-batches, each weighted by its size, so the
@@ -185,7 +188,10 @@ class Trainer:
         # Decided from the reduced gradient, which every rank holds alike (ZeRO asks its peers):
         # all ranks skip or abort together. A NaN or inf loss brings a non-finite gradient with it.
         if self.sync.all_finite(grad):
-            self.optimizer.step(data, grad, self.schedule(self.global_step))
+            # Only the store's own gradient buffer may be zeroed early (ZeRO updates from a shard).
+            zero_after = grad is self.store.grad
+            self.optimizer.step(data, grad, self.schedule(self.global_step), zero_grad=zero_after)
+            self._grads_zeroed = zero_after
             self.sync.after_update()
         else:
             self._nonfinite(step)

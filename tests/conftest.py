@@ -14,3 +14,13 @@ def pytest_configure(config):
     # Under mpiexec the suite is started with --with-mpi (pytest-mpi); otherwise skip tests/mpi.
     if not config.getoption("with_mpi", default=False):
         collect_ignore.append(os.path.join(os.path.dirname(__file__), "mpi"))
+
+
+def pytest_sessionfinish(session, exitstatus):
+    # Under tests/test_mpi_suites.py each rank leaves its own result in a file: the ranks'
+    # printed summaries share one output stream and may interleave mid-line.
+    folder = os.environ.get("MPIDL_SUITE_RESULTS")
+    if folder:
+        rank = os.environ.get("PMI_RANK", os.environ.get("OMPI_COMM_WORLD_RANK", "0"))
+        with open(os.path.join(folder, f"rank-{rank}.txt"), "w") as f:
+            f.write(f"{int(exitstatus)} {session.testscollected} {session.testsfailed}\n")
