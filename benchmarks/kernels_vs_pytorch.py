@@ -100,6 +100,7 @@ def make_steps(name, shape, batch):
     def mpidl_step():  # as the trainer runs it: the update leaves the gradients zeroed
         model.train_step_grads(x, y)
         opt.step(model.store.data, model.store.grad, LR, zero_grad=True)
+        model.store.mark_grads_zero()
 
     tx, ty = torch.from_numpy(x), torch.from_numpy(y)
     loss_fn = torch.nn.CrossEntropyLoss()

@@ -39,8 +39,13 @@ class Linear(Layer):
         return y
 
     def backward(self, dy):
-        dx, dW, db = linear_backward(dy, self._cache, need_dx=self.need_input_grad)
-        self.W.grad += dW
+        # The step's first contribution to a zeroed gradient is written by the GEMM itself:
+        # no temporary, no pass to add it (about 0.5 ms a step for the CNN's fc 4096->512).
+        into = self.W.grad if self.W.grad_is_zero else None
+        dx, dW, db = linear_backward(dy, self._cache, need_dx=self.need_input_grad, dW_out=into)
+        if into is None:
+            self.W.grad += dW
+        self.W.grad_is_zero = False
         if self.b is not None:
             self.b.grad += db
         self._cache = None

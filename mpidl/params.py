@@ -28,6 +28,9 @@ class Param:
     data: np.ndarray | None = field(default=None, repr=False)
     grad: np.ndarray | None = field(default=None, repr=False)
     decay: bool = True  # weight decay applies (False for biases and norm scales)
+    # Set by ParamStore.zero_grad (and mark_grads_zero): the gradient is all zeros, so a layer's
+    # first contribution may be written in place instead of added (see Linear.backward).
+    grad_is_zero: bool = field(default=False, repr=False)
 
     @property
     def size(self) -> int:
@@ -79,6 +82,12 @@ class ParamStore:
 
     def zero_grad(self) -> None:
         self.grad.fill(0)
+        self.mark_grads_zero()
+
+    def mark_grads_zero(self) -> None:
+        """Tell the layers that every gradient is zero (after the optimiser zeroed them)."""
+        for p in self.params:
+            p.grad_is_zero = True
 
     def decay_mask(self) -> np.ndarray:
         """1 where weight decay applies, 0 elsewhere, as a flat array like ``data``."""

@@ -192,6 +192,8 @@ class Trainer:
             zero_after = grad is self.store.grad
             self.optimizer.step(data, grad, self.schedule(self.global_step), zero_grad=zero_after)
             self._grads_zeroed = zero_after
+            if zero_after:
+                self.store.mark_grads_zero()
             self.sync.after_update()
         else:
             self._nonfinite(step)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import numpy as np
+
 
 def linear_forward(x, W, b=None):
     # One 2-D GEMM over all leading axes: matmul on a 3-D x runs one small GEMM per sample.
@@ -18,12 +20,13 @@ def linear_forward(x, W, b=None):
     return y, (x, W)
 
 
-def linear_backward(dy, cache, need_dx=True):
-    """Returns (dx, dW, db). Leading dimensions of x are treated as batch."""
+def linear_backward(dy, cache, need_dx=True, dW_out=None):
+    """Returns (dx, dW, db). Leading dimensions of x are treated as batch. With ``dW_out``
+    the weight gradient is written there (and returned)."""
     x, W = cache
     x2 = x.reshape(-1, x.shape[-1])
     dy2 = dy.reshape(-1, dy.shape[-1])
-    dW = dy2.T @ x2
+    dW = np.matmul(dy2.T, x2, out=dW_out)
     db = dy2.sum(axis=0)
     dx = (dy2 @ W).reshape(x.shape) if need_dx else None
     return dx, dW, db

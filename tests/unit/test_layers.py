@@ -36,6 +36,32 @@ def test_linear_matches_plain_formula(rng):
     np.testing.assert_allclose(layer.forward(x), x @ layer.W.data.T + layer.b.data, rtol=1e-12)
 
 
+def test_linear_writes_into_a_zeroed_gradient_and_adds_otherwise(rng):
+    """After zero_grad the first backward writes the weight gradient in place; later ones add,
+    and without zero_grad nothing is assumed about what the gradient holds."""
+    store = ParamStore()
+    layer = Linear(store, "fc", 5, 3)
+    store.allocate(np.float64, rng)
+    x, dy = rng.normal(size=(4, 5)), rng.normal(size=(4, 3))
+    one = dy.T @ x
+    store.grad[...] = 7.0                       # stale values, not announced as zero
+    layer.forward(x)
+    layer.backward(dy)
+    np.testing.assert_allclose(layer.W.grad, 7.0 + one)
+    store.zero_grad()
+    assert layer.W.grad_is_zero
+    for expected in (one, 2 * one):              # written, then added
+        layer.forward(x)
+        layer.backward(dy)
+        np.testing.assert_allclose(layer.W.grad, expected)
+        assert not layer.W.grad_is_zero
+    store.grad[...] = 0
+    store.mark_grads_zero()                      # as the trainer does after the optimiser zeroed them
+    layer.forward(x)
+    layer.backward(dy)
+    np.testing.assert_allclose(layer.W.grad, one)
+
+
 @pytest.mark.parametrize("cls", [ReLU, Sigmoid, Tanh, Softmax])
 def test_activations(rng, cls):
     x = rng.normal(size=(6, 5)) * 3
