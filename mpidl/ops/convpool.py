@@ -132,7 +132,9 @@ def conv2d_pool_relu_backward(dy, cache, need_dx=True, need_db=True, scratch=FRE
     N, C, H, Wd = x_shape
     F, _, kh, kw = W.shape
     Hp, Wp = Ho // 2, Wo // 2
-    dy_nhwc = np.ascontiguousarray(dy.transpose(0, 2, 3, 1))
+    dy_nhwc = dy.transpose(0, 2, 3, 1)
+    if dy_nhwc.strides[-1] != dy_nhwc.itemsize:  # NCHW in memory (after Flatten): one transposing copy
+        dy_nhwc = np.ascontiguousarray(dy_nhwc)
     dtype = np.result_type(dy.dtype, W.dtype)
     rows_per_sample = 4 * Hp * Wp
     if C >= FEW_CHANNELS:
