@@ -118,9 +118,7 @@ def conv2d_forward(x, W, b=None, stride=1, padding=0, dilation=1, keep_cols=True
     F, _, kh, kw = W.shape
     (sh, sw), (ph, pw), (dh, dw), (Ho, Wo) = conv_geometry("conv2d", x.shape, W.shape, stride, padding, dilation)
     K = C * kh * kw
-    # The bias rides in the GEMM as one more patch column of ones (and one more weight column):
-    # that saves a pass over the output here and gives db from the weight-gradient GEMM.
-    ones = 0 if b is None else 1
+    ones = 0 if b is None else 1  # the bias rides in the GEMM (see with_bias)
     if C < FEW_CHANNELS:
         # Few channels (the first layer): patches stored transposed, (c, p, q | n, i, j), gathered
         # from an NCHW copy, so the copy runs along image rows instead of along 1-3 channels.
@@ -130,7 +128,7 @@ def conv2d_forward(x, W, b=None, stride=1, padding=0, dilation=1, keep_cols=True
         np.copyto(cols_t[:K].reshape(C, kh, kw, N, Ho, Wo), windows.transpose(1, 4, 5, 0, 2, 3))
         if ones:
             cols_t[K] = 1
-        out = cols_t.T @ with_bias(W.reshape(F, K), b).T                 # (c, p, q) order: W needs no copy
+        out = cols_t.T @ with_bias(W.reshape(F, K), b).T            # (c, p, q) order: W needs no copy
         source = cols_t.T                                           # (N*Ho*Wo, K [+1]) as a transposed view
     else:
         # Channels-last padded copy (a view of conv2d's own output layout needs no transpose copy),
@@ -138,7 +136,7 @@ def conv2d_forward(x, W, b=None, stride=1, padding=0, dilation=1, keep_cols=True
         # (n, i, j | p, q, c) are copied out of it a chunk of samples at a time, each chunk
         # straight into its GEMM; backward gathers them again from the padded input.
         patches = channels_last_patches(x, (kh, kw), (sh, sw), (ph, pw), (dh, dw), (Ho, Wo), scratch)
-        W_T = with_bias(W.transpose(0, 2, 3, 1).reshape(F, K), b).T        # small copy, same (p, q, c) order
+        W_T = with_bias(W.transpose(0, 2, 3, 1).reshape(F, K), b).T  # small copy, same (p, q, c) order
         spans = _sample_spans(N, Ho * Wo)
         buf = _patch_buffer((spans[0][1] - spans[0][0]) * Ho * Wo, K, ones, x.dtype, scratch)
         out = np.empty((N * Ho * Wo, F), dtype=np.result_type(x.dtype, W.dtype))
@@ -167,7 +165,8 @@ def conv2d_backward(dy, cache, need_dx=True, need_db=True, scratch=FRESH):
     # source is a transposed view of the (K [+1], N*Ho*Wo) patches: multiply in their own layout.
     grads = (source.T @ dy_mat).T                                   # (F, K [+1])
     dW = grads[:, :K].reshape(F, C, kh, kw)
-    db = _bias_grad(grads, K, ones, dy_mat) if need_db else None
+    # With a bias, the forward's column of ones gave db from the weight-gradient GEMM.
+    db = (grads[:, K] if ones else column_sums(dy_mat)) if need_db else None
     if not need_dx:
         return None, dW, db
     dx = InputGrad(W, x_shape, stride, padding, dilation, (Ho, Wo), N, grads.dtype)
@@ -175,11 +174,9 @@ def conv2d_backward(dy, cache, need_dx=True, need_db=True, scratch=FRESH):
     return dx.result(), dW, db
 
 
-def _bias_grad(grads, K, ones, dy_mat):
-    if ones:                    # the forward's column of ones: db came out of the weight-gradient GEMM
-        return grads[:, K]
-    # Column sums as a matrix-vector product: several times faster than sum(axis=0) on a tall matrix.
-    return np.ones(len(dy_mat), dtype=dy_mat.dtype) @ dy_mat
+def column_sums(m):
+    """Column sums as a matrix-vector product: several times faster than sum(axis=0) on a tall matrix."""
+    return np.ones(len(m), dtype=m.dtype) @ m
 
 
 def backward_by_chunks(dy_rows, cache, need_dx, need_db, dtype, scratch=FRESH):
@@ -205,7 +202,7 @@ def backward_by_chunks(dy_rows, cache, need_dx, need_db, dtype, scratch=FRESH):
         np.matmul(dy_part.T, buf[:rows], out=part)
         grads += part
         if db is not None:
-            db += _bias_grad(None, K, 0, dy_part)
+            db += column_sums(dy_part)
         if dx is not None:
             dx.add(lo, hi, dy_part)
     dW = grads[:, :K].reshape(F, kh, kw, C).transpose(0, 3, 1, 2)

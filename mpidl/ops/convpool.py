@@ -17,7 +17,7 @@ from __future__ import annotations
 import numpy as np
 
 from mpidl.ops.conv import (FEW_CHANNELS, InputGrad, _patch_buffer, _sample_spans, backward_by_chunks,
-                            channels_last_patches, conv_geometry, few_channel_windows, with_bias)
+                            channels_last_patches, column_sums, conv_geometry, few_channel_windows, with_bias)
 from mpidl.ops.scratch import FRESH
 
 # Samples are pooled a chunk at a time while the GEMM's output is in cache. Without a patch
@@ -112,8 +112,8 @@ class _Pooling:
         np.maximum(y, 0, out=y)
         clipped = bottom
         np.less_equal(y, 0, out=clipped)  # PyTorch's relu'(0) = 0
-        np.left_shift(clipped.view(np.uint8), 2, out=clipped.view(np.uint8))    # 1 -> CLIPPED
-        np.bitwise_or(winner, clipped.view(np.uint8), out=winner)
+        np.multiply(clipped.view(np.uint8), CLIPPED, out=clipped.view(np.uint8))  # 0 or CLIPPED
+        np.bitwise_or(winner, clipped.view(np.uint8), out=winner)  # 0-3 stay, clipped ones never match
 
 
 def _unpool(dy_nhwc, winner, planes, hit):
@@ -166,7 +166,7 @@ def conv2d_pool_relu_backward(dy, cache, need_dx=True, need_db=True, scratch=FRE
         np.matmul(source[:, lo * rows_per_sample:hi * rows_per_sample], dconv_rows, out=part)
         grads += part
         if need_db and not ones:
-            db += dconv_rows.sum(axis=0)
+            db += column_sums(dconv_rows)
         if dx is not None:
             dx.add(lo, hi, np.ascontiguousarray(dconv[:n].transpose(0, 3, 1, 4, 2, 5)).reshape(-1, F))
     dW = grads[:K].T.reshape(F, C, kh, kw)
