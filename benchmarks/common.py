@@ -20,6 +20,7 @@ def cores() -> int:
 
 
 def mpiexec() -> str:
+    """The mpiexec beside this Python (the PyPI MPICH wheel puts it there), else the one on PATH."""
     here = os.path.join(os.path.dirname(sys.executable), "mpiexec")
     found = here if os.path.exists(here) else shutil.which("mpiexec")
     if found is None:

@@ -3,20 +3,15 @@
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(REPO, "benchmarks"))
 
-
-def mpiexec() -> str:
-    """The mpiexec beside this Python (the PyPI MPICH wheel puts it there), else the one on PATH."""
-    here = os.path.join(os.path.dirname(sys.executable), "mpiexec")
-    found = here if os.path.exists(here) else shutil.which("mpiexec")
-    if found is None:
-        raise RuntimeError("no mpiexec found: pip install mpich (or load your MPI module)")
-    return found
+# The mpiexec beside this Python (the PyPI MPICH wheel puts it there), else the one on PATH:
+# one definition, shared with the benchmarks.
+from common import mpiexec  # noqa: E402
 
 
 def child_env(**extra) -> dict:
