@@ -27,8 +27,8 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from mpidl import trainer as trainer_module  # noqa: E402
-from mpidl.comm import world  # noqa: E402
-from mpidl.config import parse_config  # noqa: E402
+from mpidl.parallel.comm import world  # noqa: E402
+from mpidl.cli import parse_config  # noqa: E402
 from mpidl.trainer import Trainer  # noqa: E402
 
 MODELS = {
@@ -150,7 +150,7 @@ def main(argv=None):
             cfg = parse_config(["--model", "mlp", "--hidden", hidden, "--dataset", args.dataset,
                                 "--batch-size", str(64 * comm.size), "--max-steps", "100000",
                                 "--optimizer", "adam", "--lr", "1e-3", *OPTIONS[name]])
-            trainers[name] = Trainer(cfg, comm)
+            trainers[name] = Trainer.from_config(cfg, comm)
         os.environ.pop("MPIDL_RANKS_PER_NODE", None)
         any_trainer = next(iter(trainers.values()))
         nbytes = any_trainer.store.grad.nbytes

@@ -21,9 +21,9 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from mpidl.config import parse_config
+from mpidl.cli import parse_config
 from mpidl.data import ShardedSampler, load_dataset
-from mpidl.models import Model
+from mpidl.models import build_model
 
 
 def launcher_rank_size() -> tuple[int, int]:
@@ -84,8 +84,7 @@ def main(argv=None):
 
     cfg = parse_config(["--model", args.model, "--batch-size", str(args.per_rank_batch * size), *train_args])
     data = load_dataset(cfg.dataset, cfg.data_dir)
-    ours = Model(cfg.model, data.sample_shape, data.num_classes, {"hidden": cfg.hidden_sizes()})
-    ours.allocate(np.float32, cfg.seed)
+    ours = build_model(cfg.model, data.sample_shape, data.num_classes, {"hidden": cfg.hidden_sizes()}, dtype=np.float32, seed=cfg.seed)
     net = torch_twin(ours)
     probe = data.inputs(data.x_val[:16], np.float32)
     with torch.no_grad():

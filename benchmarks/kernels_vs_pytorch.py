@@ -26,8 +26,8 @@ from threadpoolctl import threadpool_limits
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from mpidl.convnet import Conv2d, Conv2dPoolReLU  # noqa: E402
-from mpidl.layers import Linear  # noqa: E402
+from mpidl.nn import Conv2d, Conv2dPoolReLU  # noqa: E402
+from mpidl.nn import Linear  # noqa: E402
 from mpidl.models import Model  # noqa: E402
 from mpidl.optim import SGD  # noqa: E402
 
@@ -91,8 +91,7 @@ def make_steps(name, shape, batch):
     x = rng.random((batch, *shape), dtype=np.float32)
     y = rng.integers(0, 10, batch)
 
-    model = Model(name, shape, 10, {"hidden": (64, 64)})
-    model.allocate(np.float32, 0)
+    model = build_model(name, shape, 10, {"hidden": (64, 64)}, dtype=np.float32, seed=0)
     opt = SGD(model.store.data, momentum=MOMENTUM)
 
     model.store.zero_grad()

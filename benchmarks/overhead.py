@@ -18,8 +18,8 @@ import numpy as np
 from mpi4py import MPI
 from threadpoolctl import threadpool_limits
 
-from mpidl.comm import world
-from mpidl.config import parse_config
+from mpidl.parallel.comm import world
+from mpidl.cli import parse_config
 from mpidl.trainer import Trainer
 
 
@@ -35,7 +35,7 @@ def main(argv=None):
     raw = MPI.COMM_WORLD
     cfg = parse_config(["--model", args.model, "--batch-size", str(args.per_rank_batch * comm.size),
                         "--max-steps", "1000000", "--prefetch", "0", *train_args])
-    trainer = Trainer(cfg, comm)
+    trainer = Trainer.from_config(cfg, comm)
     grad = trainer.store.grad
     bare = np.zeros_like(grad)
     steps = iter(trainer.sampler.epoch(0))

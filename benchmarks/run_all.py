@@ -176,12 +176,12 @@ def bench_peer(models, ranks, per_rank, steps, work, cache_dir):
 
 def grad_bytes_of(model, cache_dir) -> int:
     import numpy as np
-    from mpidl.config import parse_config
+    from mpidl.cli import parse_config
     from mpidl.data import load_dataset
-    from mpidl.models import Model
+    from mpidl.models import build_model
     cfg = parse_config(["--model", model])
     data = load_dataset(cfg.dataset, cfg.data_dir)
-    m = Model(model, data.sample_shape, data.num_classes, {"hidden": cfg.hidden_sizes()})
+    m = build_model(model, data.sample_shape, data.num_classes, {"hidden": cfg.hidden_sizes()})
     return int(m.store.size * np.dtype(cfg.dtype).itemsize)
 
 

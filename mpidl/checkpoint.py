@@ -27,7 +27,8 @@ import tempfile
 
 import numpy as np
 
-from mpidl.errors import UserError
+from mpidl.config import parse_every
+from mpidl.errors import CheckpointError
 from mpidl.params import ParamStore
 
 
@@ -97,28 +98,14 @@ def load_weights(path: str) -> dict[str, np.ndarray]:
 FORMAT = "mpidl-checkpoint"
 VERSION = 1
 _NAME = re.compile(r"^ckpt-(\d+)\.npz$")
-# Flags that may change between an interrupted run and its resumption; every other field
-# of RunConfig changes the trajectory, so a mismatch there is an error.
-# Flags that may differ on resume. epochs/max_steps extend or shorten a run (a schedule that
+# Flags that may differ between an interrupted run and its resumption; every other field
+# of RunConfig changes the trajectory, so a mismatch there is an error. epochs/max_steps extend or shorten a run (a schedule that
 # depends on the total, like cosine, then follows the new total); the failure knobs do not
 # touch the numbers.
 MAY_CHANGE_ON_RESUME = frozenset({"out", "threads", "progress", "eval_batch_size", "checkpoint_dir",
                                   "checkpoint_every", "keep_last", "resume", "expect_ranks",
                                   "epochs", "max_steps", "collective_timeout", "check_every",
                                   "on_drift", "on_nonfinite"})
-
-
-class CheckpointError(UserError):
-    """A checkpoint that cannot be used: unreadable, corrupt, or from a different run."""
-
-
-def parse_every(text: str) -> tuple[int, str]:
-    """'500' -> (500, 'steps'); '2e' -> (2, 'epochs')."""
-    m = re.fullmatch(r"\s*(\d+)\s*(e|epochs?)?\s*", str(text))
-    if not m or int(m.group(1)) < 1:
-        raise CheckpointError(f"--checkpoint-every {text!r}: expected a positive step count like 500, "
-                              "or an epoch count like 2e")
-    return int(m.group(1)), ("epochs" if m.group(2) else "steps")
 
 
 def checkpoint_name(step: int) -> str:
@@ -327,12 +314,12 @@ class Checkpointer:
         self.preempted = False
 
     @staticmethod
-    def _position(trainer):
+    def position(trainer):
         return trainer.global_step, trainer.epoch, trainer.step_in_epoch
 
     def save(self, trainer):
         path = save_checkpoint(trainer, self.folder, self.keep_last)
-        self.last_saved = self._position(trainer)
+        self.last_saved = self.position(trainer)
         if path is not None:
             print(f"checkpoint: step {trainer.global_step} -> {path}", flush=True)
 
@@ -351,5 +338,5 @@ class Checkpointer:
             self.save(trainer)
 
     def on_end(self, trainer):
-        if self.last_saved != self._position(trainer):
+        if self.last_saved != self.position(trainer):
             self.save(trainer)

@@ -1,25 +1,22 @@
-"""The run's configuration: one dataclass, mirrored by the command line and by TOML files.
+"""The run's configuration: one flat dataclass, one field per command-line flag, TOML key and
+Trainer keyword (``--batch-size``, ``batch_size = 128``, ``Trainer(..., batch_size=128)``).
 
-Precedence, lowest first: the field defaults below, the chosen model's recipe
-(``mpidl.models.MODELS[...].defaults``), the ``--config`` TOML file, the flags.
-A TOML key is a flag's name with dashes or underscores (``batch_size`` or ``batch-size``).
+This module knows nothing of models or data; mpidl.cli merges a model's recipe, a TOML file
+and the flags into a RunConfig; ``library_config`` makes one from a Trainer's keywords.
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
+import difflib
 import hashlib
 import json
-import sys
+import re
 from dataclasses import dataclass, field, fields
 
-from mpidl.errors import ConfigError
+import numpy as np
 
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover - exercised on 3.10 only
-    import tomli as tomllib
+from mpidl.errors import ConfigError
 
 UNSET = None  # "take it from the model's recipe"
 
@@ -35,6 +32,8 @@ class RunConfig:
     dataset: str | None = _opt(UNSET, "dataset (default: the model's own)", choices="datasets")
     data_dir: str | None = _opt(UNSET, "folder with the dataset's files (MNIST/Fashion-MNIST IDX raw or .gz; CIFAR-10 python batches)")
     hidden: str | None = _opt(UNSET, "hidden layer sizes of mlp, comma-separated (default 64,64)")
+    loss: str | None = _opt(UNSET, "loss of a --model FILE.py:FUNCTION (default from the targets: cross_entropy "
+                                   "for class labels, mse for values)")
     # how long
     epochs: int | None = _opt(UNSET, "passes over the training set")
     max_steps: int | None = _opt(UNSET, "stop after this many optimiser steps in total")
@@ -81,7 +80,7 @@ class RunConfig:
     eval_batch_size: int = _opt(1000, "samples per evaluation batch on each rank")
     progress: str = _opt("auto", "progress display on rank 0: auto (bar on a terminal), bar, log, none",
                          choices=("auto", "bar", "log", "none"))
-    # communication (mpidl.reducer)
+    # communication (mpidl.parallel.sync)
     bucket_mb: float = _opt(0.0, "reduce gradients in buckets of this many MiB, each started while backward "
                                  "still runs (0: one Allreduce after backward)")
     overlap: str = _opt("test", "what moves bucket reductions forward during backward: 'test' (MPI_Testall "
@@ -121,6 +120,10 @@ class RunConfig:
             raise ConfigError(f"--hidden {self.hidden!r}: sizes must be positive integers")
         return sizes
 
+    def model_options(self) -> dict:
+        """What a model's factory receives as options."""
+        return {"hidden": self.hidden_sizes()} if self.hidden is not None else {}
+
 
 FIELDS = {f.name: f for f in fields(RunConfig)}
 
@@ -131,97 +134,6 @@ def _field_type(f) -> type:
         if text.startswith(name):
             return t
     raise TypeError(f.type)
-
-
-class _Parser(argparse.ArgumentParser):
-    """argparse that raises instead of printing, so that only rank 0 prints."""
-
-    def error(self, message):
-        raise ConfigError(message)
-
-    def print_help(self, file=None):
-        from mpidl.comm import launcher_rank
-        if launcher_rank() == 0:
-            super().print_help(file)
-
-
-def _choices(f):
-    from mpidl.data.datasets import LOADERS
-    from mpidl.models import MODELS
-    c = f.metadata.get("choices")
-    return {"models": tuple(MODELS), "datasets": tuple(LOADERS)}.get(c, c) if isinstance(c, str) else c
-
-
-def build_parser() -> argparse.ArgumentParser:
-    from mpidl.models import MODELS
-    width = max(map(len, MODELS))
-    models = "\n".join(f"  {name:{width}s}  {spec.help}" for name, spec in MODELS.items())
-    p = _Parser(
-        prog="mpidl",
-        description="Data-parallel training with NumPy kernels and MPI Allreduce.\n"
-                    "Launch with: mpirun -n 4 python -m mpidl.train [options]",
-        epilog=f"models:\n{models}\n\nEvery option can also be set in --config FILE.toml "
-               "(keys as the option names, e.g. batch_size = 128); flags win over the file.",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        argument_default=argparse.SUPPRESS,
-    )
-    p.add_argument("--config", metavar="FILE.toml", help="read options from a TOML file")
-    for f in fields(RunConfig):
-        flag = "--" + f.name.replace("_", "-")
-        t = _field_type(f)
-        default = f.default
-        helptext = f.metadata["help"] + ("" if default is None or t is bool else f" (default {default})")
-        if t is bool:
-            p.add_argument(flag, action=argparse.BooleanOptionalAction, help=helptext)
-        else:
-            p.add_argument(flag, type=t, choices=_choices(f), metavar=None if _choices(f) else t.__name__.upper(),
-                           help=helptext)
-    return p
-
-
-def _from_toml(path: str) -> dict:
-    try:
-        with open(path, "rb") as fh:
-            raw = tomllib.load(fh)
-    except OSError as exc:
-        raise ConfigError(f"--config {path}: {exc.strerror or exc}")
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"--config {path}: not valid TOML ({exc})")
-    out = {}
-    for key, value in raw.items():
-        name = key.replace("-", "_")
-        if name not in FIELDS:
-            raise ConfigError(f"--config {path}: unknown key {key!r}")
-        f = FIELDS[name]
-        t = _field_type(f)
-        if name == "hidden" and isinstance(value, list):
-            value = ",".join(str(v) for v in value)
-        ok = (isinstance(value, bool) if t is bool else
-              isinstance(value, int) and not isinstance(value, bool) if t is int else
-              isinstance(value, (int, float)) and not isinstance(value, bool) if t is float else
-              isinstance(value, str))
-        if not ok:
-            raise ConfigError(f"--config {path}: {key} = {value!r} should be of type {t.__name__}")
-        choices = _choices(f)
-        if choices and value not in choices:
-            raise ConfigError(f"--config {path}: {key} = {value!r}; choose from {', '.join(choices)}")
-        out[name] = t(value)
-    return out
-
-
-def parse_config(argv=None) -> RunConfig:
-    """Flags and file merged, model recipe applied, values checked. Raises ConfigError."""
-    from mpidl.models import MODELS
-    args = vars(build_parser().parse_args(argv))
-    file_values = _from_toml(args.pop("config")) if "config" in args else {}
-    merged = {**file_values, **args}
-    model = merged.get("model", RunConfig.model)
-    recipe = {k: v for k, v in MODELS[model].defaults.items() if k in FIELDS}
-    cfg = RunConfig(**{**recipe, **merged})
-    if cfg.momentum is None:
-        cfg.momentum = 0.0
-    validate(cfg)
-    return cfg
 
 
 def validate(cfg: RunConfig) -> None:
@@ -263,7 +175,40 @@ def validate(cfg: RunConfig) -> None:
          "resume", "needs --checkpoint-dir to look in")
     need(cfg.checkpoint_every is None or cfg.checkpoint_dir is not None, "checkpoint_every",
          "needs --checkpoint-dir")
+    need(cfg.epochs is not None or cfg.max_steps is not None, "epochs", "give --epochs or --max-steps")
+    need(cfg.optimizer in ("sgd", "adam", "adamw"), "optimizer", "choose sgd, adam or adamw")
     if cfg.checkpoint_every is not None:
-        from mpidl.checkpoint import parse_every
         parse_every(cfg.checkpoint_every)
     cfg.hidden_sizes()
+
+
+def parse_every(text: str) -> tuple[int, str]:
+    """'500' -> (500, 'steps'); '2e' -> (2, 'epochs')."""
+    m = re.fullmatch(r"\s*(\d+)\s*(e|epochs?)?\s*", str(text))
+    if not m or int(m.group(1)) < 1:
+        raise ConfigError(f"--checkpoint-every {text!r}: expected a positive step count like 500, "
+                          "or an epoch count like 2e")
+    return int(m.group(1)), ("epochs" if m.group(2) else "steps")
+
+
+def did_you_mean(word: str, choices) -> str:
+    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
+    return f"; did you mean {close[0]}?" if close else ""
+
+
+# A Trainer built from Python gets these where the command line has a model's recipe.
+LIBRARY_DEFAULTS = dict(dataset="arrays", optimizer="adam", lr=1e-3, batch_size=64, momentum=0.0)
+
+
+def library_config(settings: dict, model_name: str = "custom") -> RunConfig:
+    """RunConfig from a Trainer's keywords; an unknown keyword is an error with a suggestion."""
+    for key in settings:
+        if key not in FIELDS or key in ("model", "dataset", "data_dir", "config"):
+            raise ConfigError(f"Trainer: unknown setting {key!r}{did_you_mean(key, FIELDS)}")
+    if isinstance(settings.get("hidden"), (tuple, list)):
+        settings = dict(settings, hidden=",".join(map(str, settings["hidden"])))
+    cfg = RunConfig(**{**LIBRARY_DEFAULTS, "model": model_name, **settings})
+    if not isinstance(cfg.dtype, str):  # np.float64 and the like
+        cfg.dtype = str(np.dtype(cfg.dtype))
+    validate(cfg)
+    return cfg

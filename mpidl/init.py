@@ -60,6 +60,8 @@ def normal(std: float):
 
 
 BY_NAME = {
+    "zeros": zeros,
+    "ones": ones,
     "he": he_normal,
     "he_uniform": he_uniform,
     "xavier": xavier_uniform,

@@ -14,11 +14,40 @@ import numpy as np
 
 
 class Optimizer:
-    def __init__(self, data: np.ndarray, decay_mask: np.ndarray | None = None, weight_decay: float = 0.0):
+    """Updates a flat parameter array in place from a flat gradient array.
+
+    `params` is a model (its flat buffer), a ParamStore, or a flat array (then `decay_mask`
+    says where weight decay applies); `lr` is the default step size of :meth:`step`.
+    ``mpidl.DistributedOptimizer`` re-binds it to this rank's shard under ZeRO."""
+
+    def __init__(self, params=None, decay_mask: np.ndarray | None = None, weight_decay: float = 0.0,
+                 lr: float | None = None):
         self.weight_decay = float(weight_decay)
-        self.decay_mask = decay_mask if decay_mask is not None else np.ones_like(data)
+        self.lr = lr
         self.steps = 0
-        self._tmp = np.empty_like(data)
+        if params is not None:
+            self.bind(params, decay_mask)
+
+    def bind(self, params, decay_mask: np.ndarray | None = None) -> None:
+        """(Re)allocate the state for these parameters; only before the first step."""
+        if self.steps:
+            raise RuntimeError("an optimiser that has taken steps cannot be bound to other parameters")
+        store = getattr(params, "store", params)
+        if hasattr(store, "decay_mask"):  # a Model or a ParamStore
+            decay_mask = store.decay_mask() if decay_mask is None else decay_mask
+            params = store.data
+        self.decay_mask = decay_mask if decay_mask is not None else np.ones_like(params)
+        self._tmp = np.empty_like(params)
+        self._allocate(params)
+
+    def _allocate(self, data) -> None:
+        """Create the state arrays (moments, velocity) shaped like data."""
+
+    def _lr(self, lr):
+        lr = self.lr if lr is None else lr
+        if lr is None:
+            raise ValueError(f"{type(self).__name__}.step: no learning rate (give lr= here or to the constructor)")
+        return lr
 
     def _grad_with_l2(self, data, grad):
         """grad + wd * mask * data, in a scratch buffer (the grad buffer is left alone)."""
@@ -30,7 +59,7 @@ class Optimizer:
         g += grad
         return g
 
-    def step(self, data: np.ndarray, grad: np.ndarray, lr: float, zero_grad: bool = False) -> None:
+    def step(self, data: np.ndarray, grad: np.ndarray, lr: float | None = None, zero_grad: bool = False) -> None:
         """One update of data from grad. ``zero_grad=True`` leaves grad zeroed for the next
         step's accumulation, cheaper here than a separate pass (see SGD)."""
         raise NotImplementedError
@@ -49,16 +78,19 @@ class SGD(Optimizer):
     """SGD with optional (Nesterov) momentum, in PyTorch's formulation:
     v = mu*v + g;  p -= lr * (g + mu*v if nesterov else v)."""
 
-    def __init__(self, data, decay_mask=None, weight_decay=0.0, momentum=0.0, nesterov=False):
-        super().__init__(data, decay_mask, weight_decay)
+    def __init__(self, params=None, decay_mask=None, weight_decay=0.0, momentum=0.0, nesterov=False, lr=None):
         if nesterov and momentum <= 0:
             raise ValueError("Nesterov momentum needs momentum > 0")
         self.momentum = float(momentum)
         self.nesterov = bool(nesterov)
-        self.velocity = np.zeros_like(data) if momentum else None
+        super().__init__(params, decay_mask, weight_decay, lr)
+
+    def _allocate(self, data):
+        self.velocity = np.zeros_like(data) if self.momentum else None
         self._step_buf = np.empty_like(data)
 
-    def step(self, data, grad, lr, zero_grad=False):
+    def step(self, data, grad, lr=None, zero_grad=False):
+        lr = self._lr(lr)
         # Block by block, so that each block of every buffer stays in cache across the
         # four or five passes instead of streaming the whole model through memory each time;
         # zeroing a block of gradients while it is in cache costs next to nothing.
@@ -107,17 +139,20 @@ class Adam(Optimizer):
     """Adam (Kingma & Ba, 2015). With ``decoupled=True`` this is AdamW (Loshchilov & Hutter, 2019):
     the decay shrinks the weights directly instead of entering the moment estimates."""
 
-    def __init__(self, data, decay_mask=None, weight_decay=0.0, betas=(0.9, 0.999), eps=1e-8,
-                 decoupled=False):
-        super().__init__(data, decay_mask, weight_decay)
+    def __init__(self, params=None, decay_mask=None, weight_decay=0.0, betas=(0.9, 0.999), eps=1e-8,
+                 decoupled=False, lr=None):
         self.beta1, self.beta2 = map(float, betas)
         self.eps = float(eps)
         self.decoupled = bool(decoupled)
+        super().__init__(params, decay_mask, weight_decay, lr)
+
+    def _allocate(self, data):
         self.m = np.zeros_like(data)
         self.v = np.zeros_like(data)
         self._denom = np.empty_like(data)
 
-    def step(self, data, grad, lr, zero_grad=False):
+    def step(self, data, grad, lr=None, zero_grad=False):
+        lr = self._lr(lr)
         self.steps += 1
         if self.decoupled:
             g = grad
@@ -155,15 +190,25 @@ class Adam(Optimizer):
         self.v[...] = state["v"]
 
 
-def make_optimizer(name: str, data, decay_mask, *, weight_decay=0.0, momentum=0.0, nesterov=False,
-                   betas=(0.9, 0.999), eps=1e-8) -> Optimizer:
+class AdamW(Adam):
+    """Adam with decoupled weight decay (Loshchilov & Hutter, 2019)."""
+
+    def __init__(self, params=None, decay_mask=None, weight_decay=0.01, betas=(0.9, 0.999), eps=1e-8, lr=None):
+        super().__init__(params, decay_mask, weight_decay, betas, eps, decoupled=True, lr=lr)
+
+
+BY_NAME = {"sgd": SGD, "adam": Adam, "adamw": AdamW}
+
+
+def make_optimizer(name: str, data, decay_mask=None, *, weight_decay=0.0, momentum=0.0, nesterov=False,
+                   betas=(0.9, 0.999), eps=1e-8, lr=None) -> Optimizer:
     if name == "sgd":
-        return SGD(data, decay_mask, weight_decay, momentum=momentum, nesterov=nesterov)
+        return SGD(data, decay_mask, weight_decay, momentum=momentum, nesterov=nesterov, lr=lr)
     if name == "adam":
-        return Adam(data, decay_mask, weight_decay, betas=betas, eps=eps)
+        return Adam(data, decay_mask, weight_decay, betas=betas, eps=eps, lr=lr)
     if name == "adamw":
-        return Adam(data, decay_mask, weight_decay, betas=betas, eps=eps, decoupled=True)
-    raise ValueError(f"unknown optimizer {name!r}")
+        return Adam(data, decay_mask, weight_decay, betas=betas, eps=eps, decoupled=True, lr=lr)
+    raise ValueError(f"unknown optimizer {name!r}; choose from {', '.join(BY_NAME)}")
 
 
 @dataclass

@@ -1,9 +1,10 @@
 """ParamStore: every parameter and gradient is a view into one flat buffer.
 
 One contiguous buffer means one Allreduce per step, one optimiser pass over a flat
-array, and one array to checkpoint. Layers declare parameters while the model is
-built; :meth:`ParamStore.allocate` then creates the two buffers and hands each
-parameter its views.
+array, and one array to checkpoint. Modules declare parameters when they are built
+(``Module.param``); ``ParamStore(net)`` collects them from the module tree, named by their
+path, and :meth:`ParamStore.allocate` creates the two buffers and hands each parameter
+its views.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ Initializer = Callable[[np.random.Generator, tuple], np.ndarray]
 class Param:
     """A named slice of the flat buffers. ``data`` and ``grad`` are views, never copies."""
 
-    name: str
+    name: str                # full path once collected into a store ("block1.conv.weight")
     shape: tuple
     init: Initializer
     offset: int = -1
@@ -31,6 +32,11 @@ class Param:
     # Set by ParamStore.zero_grad (and mark_grads_zero): the gradient is all zeros, so a layer's
     # first contribution may be written in place instead of added (see Linear.backward).
     grad_is_zero: bool = field(default=False, repr=False)
+    local_name: str = field(default="", repr=False)  # the name its module declared ("weight")
+
+    def __post_init__(self):
+        if not self.local_name:
+            self.local_name = self.name
 
     @property
     def size(self) -> int:
@@ -38,13 +44,25 @@ class Param:
 
 
 class ParamStore:
-    def __init__(self) -> None:
+    """ParamStore(module) collects every parameter of a module tree, in the tree's order and
+    named by path; ParamStore() starts empty for :meth:`add`."""
+
+    def __init__(self, module=None) -> None:
         self.params: list[Param] = []
         self._names: set[str] = set()
         self.data: np.ndarray | None = None
         self.grad: np.ndarray | None = None
         self.padded_data: np.ndarray | None = None
         self.padded_grad: np.ndarray | None = None
+        if module is not None:
+            for path, p in module.named_parameters():
+                if p.data is not None:
+                    raise ValueError(f"parameter {path} already belongs to another model's buffers")
+                if path in self._names:
+                    raise ValueError(f"duplicate parameter name {path!r}")
+                p.name = path
+                self._names.add(path)
+                self.params.append(p)
 
     def add(self, name: str, shape, init: Initializer, decay: bool = True) -> Param:
         if self.data is not None:
@@ -79,6 +97,22 @@ class ParamStore:
             p.grad = self.grad[offset:offset + p.size].reshape(p.shape)
             p.data[...] = p.init(rng, p.shape)
             offset += p.size
+
+    def pad(self, pad_to: int) -> None:
+        """Round the buffers underneath up to a multiple of `pad_to` (ZeRO's equal shards),
+        keeping the values; every parameter's views move to the new buffers."""
+        if len(self.padded_data) % pad_to == 0:
+            return
+        data = self.data.copy()
+        padded = -(-self.size // pad_to) * pad_to
+        self.padded_data = np.zeros(padded, dtype=data.dtype)
+        self.padded_grad = np.zeros(padded, dtype=data.dtype)
+        self.data = self.padded_data[:self.size]
+        self.grad = self.padded_grad[:self.size]
+        self.data[...] = data
+        for p in self.params:
+            p.data = self.data[p.offset:p.offset + p.size].reshape(p.shape)
+            p.grad = self.grad[p.offset:p.offset + p.size].reshape(p.shape)
 
     def zero_grad(self) -> None:
         self.grad.fill(0)

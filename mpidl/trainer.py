@@ -1,38 +1,50 @@
 """The data-parallel training loop.
 
 Each rank: the same model (rank 0's initial weights broadcast), its own slice of every
-global batch, local gradients, one Allreduce of the flat gradient buffer, the same
-optimiser step. Start-up compares config, parameter layout and dataset across ranks.
+global batch, local gradients, the gradients reduced across ranks, the same optimiser step.
+
+    trainer = mpidl.Trainer(net, train=(x, y), val=(xv, yv), loss="cross_entropy",
+                            optimizer="adam", lr=1e-3, batch_size=256, epochs=5, out="runs/mine")
+    history = trainer.fit()
+
+Every keyword is a field of :class:`mpidl.config.RunConfig`, the same settings as the
+command line's flags (``--batch-size`` is ``batch_size``). ``Trainer.from_config`` is what
+the command line uses.
 """
 
 from __future__ import annotations
 
-import hashlib
 import itertools
+import json
 import math
+import os
+import sys
 import time
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from mpidl import __version__
-from mpidl.comm import Communicator
-from mpidl.config import RunConfig
-from mpidl.data import ShardedSampler, eval_shard, load_dataset
+from mpidl.config import RunConfig, library_config
+from mpidl.data import Dataset, ShardedSampler, as_dataset, eval_shard, load_dataset
 from mpidl.data.cache import default_cache_dir, npy_cache
 from mpidl.data.prefetch import InlineBatches, Prefetcher
-from mpidl.errors import ConfigError, TrainingHalted
-from mpidl.models import MODELS, Model
+from mpidl.errors import ConfigError, UserError
+from mpidl.models.base import DEFAULT_LOSS, Model, build_model
 from mpidl.optim import Schedule, make_optimizer
-from mpidl.reducer import make_gradient_sync, optimizer_state_bytes
+from mpidl.parallel.guard import StopSignal, agreed, start_watchdog
+from mpidl.parallel.sync import DistributedOptimizer, broadcast_and_verify
 from mpidl.timing import LOADER_THREAD, PHASES, StepClock, gather_summary, write_timeline
+
+# Per-rank random streams, seeded [seed, rank, stream]: dropout masks and noise, augmentation.
+MODEL_STREAM, DATA_STREAM = 1, 2
 
 
 @dataclass
 class EpochMetrics:
     epoch: int
     step: int
-    train_loss: float
+    train_loss: float | None
     val_loss: float
     val_accuracy: float | None
     samples_per_sec: float
@@ -45,40 +57,58 @@ class EpochMetrics:
 
 
 class Trainer:
-    def __init__(self, cfg: RunConfig, comm: Communicator):
-        self.cfg, self.comm = cfg, comm
-        self.dtype = np.dtype(cfg.dtype)
-        spec = MODELS[cfg.model]
+    def __init__(self, model, train=None, val=None, *, comm=None, hooks=(), **settings):
+        """model: an mpidl.Model, or a module (then loss= names its loss, default from the
+        targets); train/val: (x, y) arrays or an mpidl.data.Dataset; settings: RunConfig fields."""
+        from mpidl.parallel import world
+        if comm is None:
+            comm = world(settings.get("threads"), settings.get("collective_timeout", 300.0),
+                         settings.get("expect_ranks"))
+
+        def build():
+            cfg = library_config(settings, model_name=getattr(model, "name", "custom"))
+            data = as_dataset(train, val)
+            net = model
+            if not isinstance(net, Model):
+                net = Model(net, cfg.loss or DEFAULT_LOSS.get(data.task, "cross_entropy"),
+                            dtype=cfg.dtype, seed=cfg.seed)
+            elif str(net.store.data.dtype) != cfg.dtype:
+                cfg.dtype = str(net.store.data.dtype)
+            self._setup(cfg, comm, net, data, hooks)
+        agreed(comm, build)
+
+    @classmethod
+    def from_config(cls, cfg: RunConfig, comm, hooks=()) -> "Trainer":
+        """Dataset and model by name, as the command line builds them."""
+        self = cls.__new__(cls)
         cache_dir = default_cache_dir() if cfg.cache_dir is None else cfg.cache_dir
         with npy_cache(None if cache_dir.lower() == "none" else cache_dir, comm):
-            self.data = load_dataset(cfg.dataset, cfg.data_dir)
-        if spec.task != self.data.task and spec.task != "generative":
-            raise ConfigError(f"--model {cfg.model} ({spec.task}) cannot train on --dataset {cfg.dataset} "
-                              f"({self.data.task})")
-        n_train = len(self.data.x_train)
+            data = load_dataset(cfg.dataset, cfg.data_dir)
+        model = build_model(cfg.model, data.sample_shape, data.num_classes, cfg.model_options(),
+                            dtype=cfg.dtype, seed=cfg.seed, loss=cfg.loss, task=data.task)
+        self._setup(cfg, comm, model, data, hooks)
+        return self
+
+    def _setup(self, cfg: RunConfig, comm, model: Model, data: Dataset, hooks) -> None:
+        self.cfg, self.comm, self.model, self.data = cfg, comm, model, data
+        self.store, self.dtype = model.store, model.store.data.dtype
+        if model.task != data.task and model.task != "generative":
+            raise ConfigError(f"--model {model.name} ({model.task}) cannot train on --dataset {data.name} "
+                              f"({data.task})")
+        n_train = len(data.x_train)
         if cfg.batch_size < comm.size:
             raise ConfigError(f"--batch-size {cfg.batch_size}: the global batch must hold at least one "
                               f"sample per rank ({comm.size} ranks)")
         if cfg.batch_size > n_train:
             raise ConfigError(f"--batch-size {cfg.batch_size}: larger than the {n_train} training samples "
-                              f"of {cfg.dataset}")
-
-        # Per-rank random streams (dropout masks, VAE noise, augmentation): seeded from the
-        # run seed and the rank, so a run is reproducible and ranks do not draw the same numbers.
-        self.model_rng = np.random.default_rng([cfg.seed, comm.rank, 1])
-        self.data_rng = np.random.default_rng([cfg.seed, comm.rank, 2])
-        self.model = Model(cfg.model, self.data.sample_shape, self.data.num_classes,
-                           {"hidden": cfg.hidden_sizes(), "rng": self.model_rng, "comm": comm})
-        self.model.allocate(self.dtype, cfg.seed, pad_to=comm.size if cfg.zero else 1)
-        self.store = self.model.store
+                              f"of {data.name}")
+        self.model_rng = np.random.default_rng([cfg.seed, comm.rank, MODEL_STREAM])
+        self.data_rng = np.random.default_rng([cfg.seed, comm.rank, DATA_STREAM])
+        model.attach(self.model_rng, comm)
 
         # A mismatch here would otherwise surface as a hang or a silent divergence.
-        comm.check_same(f"mpidl version (this rank runs {__version__})",
-                        hashlib.sha256(__version__.encode()).digest())
-        comm.check_same("configuration", cfg.digest())
-        comm.check_same("model parameter layout", self.store.layout_digest())
-        comm.check_same(f"dataset {cfg.dataset} (size, shapes or contents)", self.data.digest())
-        comm.bcast_(self.store.data, root=0)
+        broadcast_and_verify(comm, model, configuration=cfg.digest(),
+                             **{f"dataset {data.name} (size, shapes or contents)": data.digest()})
         # Per-rank phase times; the timeline keeps the first steps' spans only when asked for.
         self.clock = StepClock(PHASES, record_steps=cfg.timeline_steps if cfg.timeline else 0)
         self.clock.align(comm)
@@ -86,8 +116,6 @@ class Trainer:
         self.sampler = ShardedSampler(n_train, cfg.batch_size, comm.rank, comm.size, cfg.seed,
                                       drop_last=cfg.drop_last)
         steps_per_epoch = self.sampler.steps_per_epoch
-        if cfg.epochs is None and cfg.max_steps is None:
-            raise ConfigError("give --epochs or --max-steps")
         epochs = cfg.epochs if cfg.epochs is not None else math.ceil(cfg.max_steps / steps_per_epoch)
         self.total_steps = epochs * steps_per_epoch
         if cfg.max_steps is not None:
@@ -100,26 +128,33 @@ class Trainer:
             warmup = round(0.05 * self.total_steps) if cfg.lr_scaling == "linear" else 0
         self.schedule = Schedule(lr, cfg.schedule, total_steps=self.total_steps, warmup_steps=warmup,
                                  step_size=cfg.lr_step or max(self.total_steps // 3, 1), gamma=cfg.lr_gamma)
-        # How gradients are combined (mpidl.reducer); with ZeRO the optimiser sees only this rank's shard.
-        self.sync = make_gradient_sync(cfg, comm, self.model)
-        opt_data, opt_mask = self.sync.optimizer_target()
-        self.optimizer = make_optimizer(cfg.optimizer, opt_data, opt_mask,
-                                        weight_decay=cfg.weight_decay, momentum=cfg.momentum,
-                                        nesterov=cfg.nesterov)
-        self.optimizer_state_bytes = optimizer_state_bytes(self.optimizer)
-        self._grads_zeroed = False  # True when the last update left the gradients zeroed
+        self.optimizer = make_optimizer(cfg.optimizer, None, weight_decay=cfg.weight_decay,
+                                        momentum=cfg.momentum, nesterov=cfg.nesterov)
+        self.dopt = DistributedOptimizer(self.optimizer, model, comm, zero=bool(cfg.zero), allreduce=cfg.allreduce,
+                                         bucket_mb=cfg.bucket_mb, overlap=cfg.overlap,
+                                         compression=cfg.grad_compression, on_nonfinite=cfg.on_nonfinite,
+                                         broadcast=False)
+        self.sync = self.dopt.sync
+        self.optimizer_state_bytes = self.dopt.state_bytes()
+        self.hooks = list(hooks)
         self.global_step = 0
         self.samples_seen = 0
         self.train_time = 0.0
-        self.skipped_steps = 0       # updates skipped for non-finite gradients
         self.drift_repairs = 0
+        self.val_terms = {}
         self.warn = print if comm.rank == 0 else (lambda *a, **k: None)
         # Where the loop stands (for checkpoints): the epoch, the steps done in it, and this
         # rank's summed loss and sample count over those steps.
         self.epoch, self.step_in_epoch = 0, 0
         self.epoch_loss = np.zeros(2)
         self._carried_loss = None  # a resumed epoch's loss so far
-        self.stop_requested = False  # set by an on_step hook (preemption): fit returns after this step
+        self.stop_requested = False  # set by an on_step hook (preemption): the loop returns after this step
+        self.out_dir = None
+        self.checkpointer = None
+
+    @property
+    def skipped_steps(self) -> int:
+        return self.dopt.skipped_steps
 
     def resume_from(self, global_step, epoch, step_in_epoch, epoch_loss):
         """Continue from a checkpoint's position (weights and optimiser are restored by the caller)."""
@@ -150,54 +185,37 @@ class Trainer:
                               on_prepared=lambda t0, t1: self.clock.span("prepare batch", t0, t1, LOADER_THREAD))
         return InlineBatches(steps, self.prepare_batch)
 
+    def micro_batches(self, n: int):
+        """--accumulate: this rank's share in micro-batches, each weighted by its size, so the
+        summed gradient is the whole share's mean gradient; one reduction per step."""
+        if self.cfg.accumulate == 1:  # the usual case: no index arrays to build every step
+            return [(slice(None), n)] if n else []
+        parts = [p for p in np.array_split(np.arange(n), self.cfg.accumulate) if len(p)]
+        return [(p, len(p)) for p in parts]
+
     def train_step(self, step, batch=None) -> float:
         """One synchronised step; returns this rank's summed loss (mean loss x local samples).
         `batch` is (x, y) when already prepared; the clock's "data" lap then measures the wait."""
-        clock = self.clock
+        clock, dopt = self.clock, self.dopt
         if batch is None:
             clock.begin()
             batch = self.prepare_batch(step)
         x, y = batch
         clock.lap("data")
-        self.comm.context = f"step {self.global_step + 1} (epoch {step.epoch + 1})"
-        if not self._grads_zeroed:  # else the last update zeroed them on its way (cheaper)
-            self.store.zero_grad()
-        self._grads_zeroed = False
-        n = len(step.indices)
+        self.comm.context = dopt.where = f"step {self.global_step + 1} (epoch {step.epoch + 1})"
+        parts = self.micro_batches(len(step.indices))
+        dopt.zero_grad(arm=len(parts) == 1)
         loss_sum = 0.0
-        # --accumulate: this rank's share in micro-batches, each weighted by its size, so the
-        # summed gradient is the whole share's mean gradient; one reduction per step.
-        if self.cfg.accumulate == 1:  # the usual case: no index arrays to build every step
-            parts = [range(n)] if n else []
-        else:
-            parts = [p for p in np.array_split(np.arange(n), self.cfg.accumulate) if len(p)]
-        for i, part in enumerate(parts):
-            if i == len(parts) - 1:
-                self.sync.arm()
-            whole = len(part) == n
-            loss = self.model.train_step_grads(x if whole else x[part], y if whole else y[part],
-                                               weight=step.weight * len(part) / n * self.sync.grad_scale,
-                                               lap=clock.lap)
-            loss_sum += loss * len(part)
+        n = len(step.indices)
+        for i, (part, count) in enumerate(parts):
+            if len(parts) > 1 and i == len(parts) - 1:
+                dopt.arm()  # buckets may start reducing during the last backward
+            loss = self.model.loss_and_backward(x[part], y[part], step.weight * count / n, lap=clock.lap)
+            loss_sum += loss * count
             clock.lap("backward")
-        # Exposed communication: what is left of the reduction after backward (all of it
-        # unless buckets were started during backward).
-        self.sync.finish()
-        clock.lap("allreduce")
-        data, grad = self.sync.update_arrays()
-        # Decided from the reduced gradient, which every rank holds alike (ZeRO asks its peers):
-        # all ranks skip or abort together. A NaN or inf loss brings a non-finite gradient with it.
-        if self.sync.all_finite(grad):
-            # Only the store's own gradient buffer may be zeroed early (ZeRO updates from a shard).
-            zero_after = grad is self.store.grad
-            self.optimizer.step(data, grad, self.schedule(self.global_step), zero_grad=zero_after)
-            self._grads_zeroed = zero_after
-            if zero_after:
-                self.store.mark_grads_zero()
-            self.sync.after_update()
-        else:
-            self._nonfinite(step)
-        clock.lap("optimizer")
+        # Reduce, agreed finite check, update; the clock's allreduce lap is the communication
+        # left after backward (all of it unless buckets started during backward).
+        dopt.step(self.schedule(self.global_step), lap=clock.lap)
         clock.end_step()
         self.global_step += 1
         self.samples_seen += step.global_count
@@ -205,60 +223,42 @@ class Trainer:
             self.check_replicas()
         return loss_sum if math.isfinite(loss_sum) else 0.0
 
-    def _nonfinite(self, step):
-        where = f"step {self.global_step + 1} (epoch {step.epoch + 1})"
-        if self.cfg.on_nonfinite == "abort":
-            raise TrainingHalted(f"non-finite loss or gradient at {where}; --on-nonfinite abort. "
-                                 "Lower --lr, check the inputs, or use --on-nonfinite skip")
-        self.skipped_steps += 1
-        self.warn(f"warning: non-finite loss or gradient at {where}: update skipped "
-                  f"({self.skipped_steps} so far)", flush=True)
-
     def check_replicas(self) -> bool:
-        """Compare a 62-bit hash of the weights across ranks with one small collective. On a
-        mismatch, repair from rank 0 (weights and optimiser state) or halt, as configured."""
-        digest = hashlib.blake2b(self.store.data.tobytes(), digest_size=8).digest()
-        h = float(int.from_bytes(digest, "little") >> 11)  # 53 bits: exact in a float64
-        lo, hi = self.comm.allreduce_min_max(np.array([h]))
-        if lo[0] == hi[0]:
-            return True
-        where = f"step {self.global_step}"
-        if self.cfg.on_drift == "abort":
-            raise TrainingHalted(f"replicas have drifted apart at {where} (weight checksums differ "
-                                 "between ranks); --on-drift abort")
-        self.comm.bcast_(self.store.data, root=0)
-        for value in self.optimizer.state_dict().values():
-            if isinstance(value, np.ndarray) and value.ndim == 1 and value.size == self.store.size:
-                self.comm.bcast_(value, root=0)
-        self.drift_repairs += 1
-        self.warn(f"warning: replicas had drifted apart at {where}; repaired from rank 0", flush=True)
-        return False
+        """Compare a 53-bit hash of the weights across ranks; repair from rank 0 or halt (--on-drift)."""
+        self.dopt.where = f"step {self.global_step}"
+        ok = self.dopt.check_replicas(self.cfg.on_drift)
+        self.drift_repairs += not ok
+        return ok
 
     # -- evaluation ----------------------------------------------------------------
     def evaluate(self) -> tuple[float, float | None]:
         """Loss and accuracy over the whole validation set: every sample counted exactly once."""
         mine = eval_shard(len(self.data.x_val), self.comm.rank, self.comm.size)
         terms = self.model.term_names
-        sums = np.zeros(3 + len(terms))  # loss sum, correct, count, term sums
+        loss_sum, correct, count = 0, 1, 2   # positions in `sums`; the terms' sums follow
+        sums = np.zeros(3 + len(terms))
         for start in range(0, len(mine), self.cfg.eval_batch_size):
             idx = mine[start:start + self.cfg.eval_batch_size]
             x = self.data.inputs(self.data.x_val[idx], self.dtype)
-            loss_sum, correct, *term_sums = self.model.evaluate_sums(x, self.data.y_val[idx])
-            sums += (loss_sum, correct, len(idx), *term_sums)
+            batch_loss, batch_correct, *term_sums = self.model.evaluate_sums(x, self.data.y_val[idx])
+            sums += (batch_loss, batch_correct, len(idx), *term_sums)
         self.comm.allreduce_sum_(sums)
-        loss, correct, count = sums[:3]
-        self.val_terms = {name: float(s / count) for name, s in zip(terms, sums[3:])}
-        accuracy = None if self.model.task in ("regression", "generative") else correct / count
-        return loss / count, accuracy
+        n = sums[count]
+        self.val_terms = {name: float(s / n) for name, s in zip(terms, sums[3:])}
+        accuracy = None if self.model.task in ("regression", "generative") else sums[correct] / n
+        return sums[loss_sum] / n, accuracy
 
     # -- the loop ------------------------------------------------------------------
-    def fit(self, on_step=None, on_epoch=None) -> list[EpochMetrics]:
-        """Train to total_steps, starting where resume_from left off (possibly mid-epoch).
-        Returns early, after the step on which an on_step hook set stop_requested."""
+    def train(self, on_step=None, on_epoch=None) -> list[EpochMetrics]:
+        """The bare loop: train to total_steps, starting where resume_from left off (possibly
+        mid-epoch), calling the hooks; no files, no display. Returns early, after the step on
+        which a hook set stop_requested."""
         history = []
         start_time = time.perf_counter()
         feed = self.batches()
         first_epoch, first_step = self.epoch, self.step_in_epoch
+        step_hooks = [h.on_step for h in self.hooks if hasattr(h, "on_step")] + ([on_step] if on_step else [])
+        epoch_hooks = [h.on_epoch for h in self.hooks if hasattr(h, "on_epoch")] + ([on_epoch] if on_epoch else [])
         try:
             for epoch in range(first_epoch, self.epochs):
                 t0 = time.perf_counter()
@@ -272,8 +272,8 @@ class Trainer:
                     step, batch = next(feed)
                     loss_sum += (self.train_step(step, batch), len(step.indices))
                     self.step_in_epoch = step.index + 1
-                    if on_step is not None:
-                        on_step(self)
+                    for hook in step_hooks:
+                        hook(self)
                     if self.stop_requested:
                         self.train_time += time.perf_counter() - t0
                         return history
@@ -292,11 +292,99 @@ class Trainer:
                     lr=float(self.schedule(max(self.global_step - 1, 0))), val_terms=self.val_terms)
                 history.append(metrics)
                 self.epoch, self.step_in_epoch, self.epoch_loss = epoch + 1, 0, np.zeros(2)
-                if on_epoch is not None:
-                    on_epoch(self, metrics)
+                for hook in epoch_hooks:
+                    hook(self, metrics)
         finally:
             feed.close()  # stops the loader thread, also when a step raised
         return history
+
+    def fit(self, on_step=None, on_epoch=None) -> list[EpochMetrics]:
+        """Everything the command line does around the loop: the output folder (with --out),
+        resuming, checkpoints, the progress display and metrics on rank 0, the watchdog, and the
+        final weights, summary and model description. Collective: every rank calls it.
+        Raises a UserError or TrainingHalted on every rank together."""
+        from mpidl.checkpoint import Checkpointer
+        from mpidl.report import Reporter, write_outputs
+        cfg, comm = self.cfg, self.comm
+        lead = comm.rank == 0
+        if cfg.out:
+            self.out_dir = agreed(comm, lambda: _prepare_out_dir(cfg.out) if lead else None)
+        if cfg.resume:
+            self.resume()
+        self.checkpointer = Checkpointer(cfg, StopSignal().install()) if cfg.checkpoint_dir else None
+        if self.checkpointer is not None and cfg.resume:
+            self.checkpointer.last_saved = self.checkpointer.position(self)  # no need to write it again
+        reporter = Reporter(cfg, self, self.out_dir, enabled=lead)
+        reporter.header()
+        hooks = [reporter] + ([self.checkpointer] if self.checkpointer is not None else [])
+        start_watchdog(comm, cfg.collective_timeout)
+        t0 = time.perf_counter()
+
+        def on_step_all(t):
+            for h in hooks:
+                h.on_step(t)
+            if on_step is not None:
+                on_step(t)
+
+        def on_epoch_all(t, m):
+            for h in hooks:
+                h.on_epoch(t, m)
+            if on_epoch is not None:
+                on_epoch(t, m)
+        try:
+            history = self.train(on_step=on_step_all, on_epoch=on_epoch_all)
+        finally:
+            reporter.close()
+            if self.checkpointer is not None and self.checkpointer.stop_signal is not None:
+                self.checkpointer.stop_signal.uninstall()
+        self.wall_time = time.perf_counter() - t0
+        self.timing = self.timing_summary()
+        if cfg.timeline:
+            self.write_timeline(cfg.timeline)
+        if self.checkpointer is not None:
+            if self.checkpointer.preempted:
+                if lead:
+                    print(f"stopped by a signal at step {self.global_step} of {self.total_steps}; "
+                          f"continue with --resume latest --checkpoint-dir {cfg.checkpoint_dir}", flush=True)
+                return history
+            self.checkpointer.on_end(self)
+        if not history:  # resumed from a checkpoint written at the very end: report it again
+            val_loss, val_acc = self.evaluate()
+            history = [EpochMetrics(self.epochs, self.global_step, None, float(val_loss),
+                                    None if val_acc is None else float(val_acc), 0.0, 0.0,
+                                    float(self.schedule(max(self.global_step - 1, 0))), self.val_terms)]
+        self.history = history
+        write_outputs(self, history)
+        return history
+
+    @property
+    def preempted(self) -> bool:
+        return self.checkpointer is not None and self.checkpointer.preempted
+
+    def resume(self) -> str | None:
+        """Collective: load the checkpoint --resume names (rank 0 reads, all receive). Returns its path or None."""
+        from mpidl.checkpoint import check_compatible, locate_checkpoint, restore_checkpoint
+        cfg, comm = self.cfg, self.comm
+
+        def find():
+            if comm.rank != 0:
+                return None
+            found = locate_checkpoint(cfg, warn=lambda msg: print(msg, file=sys.stderr, flush=True))
+            if found is not None:
+                check_compatible(self, *found)
+            return found
+
+        found = agreed(comm, find)
+        if not comm.any_true(found is not None):
+            if comm.rank == 0:
+                print(f"--resume {cfg.resume}: no checkpoint in {cfg.checkpoint_dir}, starting from step 0",
+                      flush=True)
+            return None
+        meta = restore_checkpoint(self, found[1] if comm.rank == 0 else None)
+        if comm.rank == 0:
+            print(f"resumed from {found[0]}: step {meta['global_step']} (epoch {meta['epoch'] + 1}, step "
+                  f"{meta['step_in_epoch']} in it), written by {meta['world_size']} rank(s)", flush=True)
+        return found[0] if comm.rank == 0 else ""
 
     # -- where the time went ---------------------------------------------------------
     def timing_summary(self) -> dict:
@@ -306,3 +394,15 @@ class Trainer:
     def write_timeline(self, path: str) -> None:
         """Chrome trace of every rank's recorded steps, written by rank 0 (collective)."""
         write_timeline(path, self.clock, self.comm)
+
+
+def _prepare_out_dir(out: str) -> str:
+    try:
+        os.makedirs(out, exist_ok=True)
+        probe = os.path.join(out, ".mpidl-write-test")
+        with open(probe, "w"):
+            pass
+        os.unlink(probe)
+    except OSError as exc:
+        raise UserError(f"--out {out}: cannot write there ({exc.strerror or exc})")
+    return out

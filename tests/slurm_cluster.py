@@ -165,7 +165,6 @@ class LocalSlurm:
     def env(self, **extra) -> dict:
         env = dict(os.environ)
         env["SLURM_CONF"] = self.conf
-        env.pop("OPENBLAS_CORETYPE", None)
         for var in [v for v in env if v.startswith(("SLURM_", "SBATCH_", "SRUN_"))]:
             if var != "SLURM_CONF":
                 del env[var]

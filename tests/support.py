@@ -16,7 +16,6 @@ from common import mpiexec  # noqa: E402
 
 def child_env(**extra) -> dict:
     env = dict(os.environ)
-    env.pop("OPENBLAS_CORETYPE", None)
     env.setdefault("OMP_NUM_THREADS", "1")
     env.update({k: str(v) for k, v in extra.items()})
     return env

@@ -71,7 +71,7 @@ def test_mlp_on_fashion_mnist_5_epochs(tmp_path):
 
 @pytest.mark.parametrize("args,message", [
     (["--lr", "-3"], "--lr -3.0: must be positive"),
-    (["--model", "nope"], "invalid choice: 'nope'"),
+    (["--model", "nope"], "--model 'nope': not a built-in model"),
     (["--dataset", "mnist", "--data-dir", "/nonexistent"], "--data-dir /nonexistent: no such directory"),
     (["--batch-size", "3"], "at least one sample per rank (4 ranks)"),
     (["--batch-size", "100000"], "larger than the 1437 training samples"),
@@ -121,3 +121,15 @@ def test_console_script_and_single_process(tmp_path):
                           timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert _summary(tmp_path)["world_size"] == 1
+
+
+def test_ranks_started_with_different_seeds_get_one_line_and_exit_2(tmp_path):
+    from support import child_env, mpiexec
+    import subprocess
+    import sys
+    base = [sys.executable, "-m", "mpidl.train", "--max-steps", "2", "--out", str(tmp_path / "o")]
+    proc = subprocess.run([mpiexec(), "-n", "1", *base, "--seed", "1", ":", "-n", "1", *base, "--seed", "2"],
+                          capture_output=True, text=True, timeout=120, env=child_env())
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(errors) == 1 and "configuration differs between ranks" in errors[0], proc.stderr

@@ -1,6 +1,9 @@
-"""Dataset readers, sharding across ranks, batching."""
+"""Data: datasets (built-in, IDX, CIFAR-10, your arrays), which samples each rank reads, and
+the prefetching loader."""
 
-from mpidl.data.datasets import Dataset, load_dataset
-from mpidl.data.loader import ShardedSampler, eval_shard
+from mpidl.data.base import ArrayDataset, Dataset, as_dataset, infer_task
+from mpidl.data.datasets import LOADERS, load_dataset
+from mpidl.data.loader import ShardedSampler, Step, eval_shard
 
-__all__ = ["Dataset", "load_dataset", "ShardedSampler", "eval_shard"]
+__all__ = ["Dataset", "ArrayDataset", "as_dataset", "infer_task", "LOADERS", "load_dataset",
+           "ShardedSampler", "Step", "eval_shard"]

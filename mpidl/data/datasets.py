@@ -6,72 +6,18 @@ so a rank holds 1 byte per pixel, not 4 or 8.
 
 from __future__ import annotations
 
-import hashlib
 import os
-from dataclasses import dataclass
-from typing import Callable
 from importlib import resources
 
 import numpy as np
 
+from mpidl.data.base import Dataset
 from mpidl.data.cache import cached_arrays
 from mpidl.data.idx import find_idx, read_idx
 from mpidl.errors import DataError
 
 # Debian's package dataset-fashion-mnist installs the IDX files here.
 DEBIAN_FASHION_MNIST = "/usr/share/datasets/fashion-mnist"
-
-
-@dataclass
-class Dataset:
-    name: str
-    task: str                 # classification | binary | regression
-    x_train: np.ndarray
-    y_train: np.ndarray
-    x_val: np.ndarray
-    y_val: np.ndarray
-    num_classes: int          # outputs for classification; 1 for binary/regression
-    scale: float = 1.0        # multiply stored inputs by this to get model inputs
-    val_name: str = "val"     # 'val' or 'test', as the dataset provides
-    # Training-time augmentation: (inputs already scaled, this rank's Generator) -> inputs.
-    augment: Callable[[np.ndarray, np.random.Generator], np.ndarray] | None = None
-
-    @property
-    def sample_shape(self) -> tuple:
-        return tuple(self.x_train.shape[1:])
-
-    def inputs(self, x: np.ndarray, dtype) -> np.ndarray:
-        out = x.astype(dtype)
-        if self.scale != 1.0:
-            out *= self.scale
-        return out
-
-    def digest(self) -> bytes:
-        """Sizes, shapes and a sample of the bytes: cheap, and enough to catch ranks
-        that read different files."""
-        h = hashlib.sha256()
-        for a in (self.x_train, self.y_train, self.x_val, self.y_val):
-            h.update(repr((a.shape, str(a.dtype))).encode())
-            flat = a.reshape(-1)
-            h.update(np.ascontiguousarray(flat[:: max(1, flat.size // 4096)]).tobytes())
-        h.update(repr((self.name, self.task, self.num_classes, self.scale)).encode())
-        return h.digest()
-
-    def validate(self) -> None:
-        for split, x, y in (("train", self.x_train, self.y_train), ("validation", self.x_val, self.y_val)):
-            if len(x) != len(y):
-                raise DataError(f"{self.name}: {split} has {len(x)} inputs but {len(y)} labels")
-            if len(x) == 0:
-                raise DataError(f"{self.name}: {split} split is empty")
-            if x.dtype.kind == "f" and not np.isfinite(x).all():
-                raise DataError(f"{self.name}: {split} inputs contain NaN or infinite values")
-            if self.task == "classification":
-                lo, hi = int(y.min()), int(y.max())
-                if lo < 0 or hi >= self.num_classes:
-                    raise DataError(f"{self.name}: {split} labels span {lo}..{hi}, "
-                                    f"outside the {self.num_classes} classes 0..{self.num_classes - 1}")
-            elif not np.isfinite(np.asarray(y, dtype=np.float64)).all():
-                raise DataError(f"{self.name}: {split} targets contain NaN or infinite values")
 
 
 def load_digits(data_dir=None) -> Dataset:
@@ -159,7 +105,7 @@ LOADERS = {
 
 
 def _load_cifar10(data_dir):
-    from mpidl.data.cifar import load_cifar10  # imports Dataset from here, so imported late
+    from mpidl.data.cifar import load_cifar10  # only when asked for
     return load_cifar10(data_dir)
 
 

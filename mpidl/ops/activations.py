@@ -22,6 +22,10 @@ def sigmoid_forward(x):
     return y, y
 
 
+def sigmoid(x):
+    return sigmoid_forward(x)[0]
+
+
 def sigmoid_backward(dy, y):
     return dy * y * (1 - y)
 

@@ -9,7 +9,7 @@ import numpy as np
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from mpidl.config import parse_config
+from mpidl.cli import parse_config
 from mpidl.data.idx import parse_idx
 from mpidl.data.loader import ShardedSampler
 from mpidl.errors import ConfigError, DataError

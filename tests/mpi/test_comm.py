@@ -1,9 +1,9 @@
-"""Collectives of mpidl.comm; expected values follow from rank and size, so they hold at any size."""
+"""Collectives of mpidl.parallel.comm; expected values follow from rank and size, so they hold at any size."""
 
 import numpy as np
 import pytest
 
-from mpidl.comm import MismatchError, world
+from mpidl.parallel.comm import MismatchError, world
 
 
 @pytest.mark.mpi

@@ -6,10 +6,10 @@ import hashlib
 import numpy as np
 import pytest
 
-from mpidl.comm import SerialComm, world
-from mpidl.config import parse_config
+from mpidl.parallel.comm import SerialComm, world
+from mpidl.cli import parse_config
 from mpidl.params import ParamStore
-from mpidl.reducer import BucketSync, HierarchicalSync
+from mpidl.parallel.sync import BucketSync, HierarchicalSync
 from mpidl.trainer import Trainer
 
 # float64 runs where only the order of additions differs from the plain path.
@@ -30,8 +30,8 @@ SGD = ["--batch-size", "30", "--optimizer", "sgd", "--lr", "0.1", "--momentum", 
 
 
 def _train(args, comm):
-    trainer = Trainer(parse_config(args), comm)
-    trainer.fit()
+    trainer = Trainer.from_config(parse_config(args), comm)
+    trainer.train()
     return trainer
 
 

@@ -4,8 +4,8 @@ weights as one process. Checked in float64 so that only summation order differs.
 import numpy as np
 import pytest
 
-from mpidl.comm import SerialComm, world
-from mpidl.config import parse_config
+from mpidl.parallel.comm import SerialComm, world
+from mpidl.cli import parse_config
 from mpidl.trainer import Trainer
 
 REL_TOL = 1e-10
@@ -13,8 +13,8 @@ REL_TOL = 1e-10
 
 def _train(args, comm):
     cfg = parse_config(args)
-    t = Trainer(cfg, comm)
-    t.fit()
+    t = Trainer.from_config(cfg, comm)
+    t.train()
     return t.store.data.copy()
 
 
@@ -38,7 +38,6 @@ def test_n_ranks_equal_one_process(args):
     assert err <= REL_TOL, f"{comm.size} ranks differ from 1 process by {err:.2e} (relative)"
     # and training really moved the weights
     cfg = parse_config(args)
-    from mpidl.models import Model
-    m = Model(cfg.model, (1, 8, 8), 10, {"hidden": cfg.hidden_sizes()})
-    m.allocate(np.float64, cfg.seed)
+    from mpidl.models import build_model
+    m = build_model(cfg.model, (1, 8, 8), 10, {"hidden": cfg.hidden_sizes()}, dtype=np.float64, seed=cfg.seed)
     assert np.abs(m.store.data - reference).max() > 1e-3

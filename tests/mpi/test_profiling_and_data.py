@@ -8,8 +8,8 @@ import tempfile
 import numpy as np
 import pytest
 
-from mpidl.comm import world
-from mpidl.config import parse_config
+from mpidl.parallel.comm import world
+from mpidl.cli import parse_config
 from mpidl.timing import PHASES, StepClock, gather_summary
 from mpidl.trainer import Trainer
 
@@ -63,8 +63,8 @@ def test_timeline_is_chrome_trace_with_a_track_per_rank(prefetch):
     steps = 12
     cfg = parse_config(["--model", "mlp", "--max-steps", str(steps), "--batch-size", "32",
                         "--timeline", path, "--timeline-steps", "10", "--prefetch", str(prefetch)])
-    trainer = Trainer(cfg, comm)
-    trainer.fit()
+    trainer = Trainer.from_config(cfg, comm)
+    trainer.train()
     summary = trainer.timing_summary()
     assert summary["steps_counted"] == steps - 1  # the first step is left out of the means
     assert 0 <= summary["data_wait_fraction"] < 1

@@ -13,9 +13,9 @@ import pytest
 
 from mpidl.checkpoint import (Checkpointer, check_compatible, newest_good, restore_checkpoint,
                               save_checkpoint)
-from mpidl.cluster import StopSignal
-from mpidl.comm import SerialComm, world
-from mpidl.config import parse_config
+from mpidl.parallel.guard import StopSignal
+from mpidl.parallel.comm import SerialComm, world
+from mpidl.cli import parse_config
 from mpidl.trainer import Trainer
 
 # 22 steps per epoch (1437 digits / 64); total 50 steps crosses two epoch boundaries.
@@ -45,7 +45,7 @@ def _noisy(trainer):
 
 def _trainer(args, comm, folder, noisy=True):
     cfg = parse_config([*args, "--checkpoint-dir", str(folder)])
-    t = Trainer(cfg, comm)
+    t = Trainer.from_config(cfg, comm)
     return _noisy(t) if noisy else t
 
 
@@ -65,7 +65,7 @@ def _resume_and_finish(args, comm, folder, noisy=True):
         assert found is not None
         check_compatible(t, *found)
     restore_checkpoint(t, found[1] if found else None)
-    t.fit()
+    t.train()
     return t
 
 
@@ -77,10 +77,10 @@ def test_resume_is_bitwise_exact(folder, opt, stop):
     comm = world()
     args = [*BASE, *opt]
     whole = _trainer(args, comm, folder / "unused")
-    whole.fit()
+    whole.train()
 
     first = _trainer(args, comm, folder)
-    first.fit(on_step=_stop_at(stop))
+    first.train(on_step=_stop_at(stop))
     assert first.global_step == stop and first.stop_requested
 
     resumed = _resume_and_finish(args, comm, folder)
@@ -101,7 +101,7 @@ def test_signal_on_one_rank_stops_all_at_the_same_step(folder):
     comm = world()
     args = [*BASE, *OPTIMISERS[0], "--checkpoint-every", "1000"]
     cfg = parse_config([*args, "--checkpoint-dir", str(folder)])
-    t = Trainer(cfg, comm)
+    t = Trainer.from_config(cfg, comm)
     stop = StopSignal().install()
     try:
         ckpt = Checkpointer(cfg, stop)
@@ -111,7 +111,7 @@ def test_signal_on_one_rank_stops_all_at_the_same_step(folder):
                 os.kill(os.getpid(), signal.SIGUSR1)
             ckpt.on_step(trainer)
 
-        t.fit(on_step=on_step)
+        t.train(on_step=on_step)
     finally:
         stop.uninstall()
     steps = comm.allreduce_min_max(np.array([t.global_step]))
@@ -128,11 +128,11 @@ def test_resume_with_another_rank_count(folder):
     comm = world()
     args = [*BASE, *OPTIMISERS[0], "--dtype", "float64"]
     whole = _trainer(args, SerialComm(), folder / "unused", noisy=False)
-    whole.fit()
+    whole.train()
     folder = folder / "one-rank"
     if comm.rank == 0:
         single = _trainer(args, SerialComm(), folder, noisy=False)
-        single.fit(on_step=_stop_at(20))
+        single.train(on_step=_stop_at(20))
     resumed = _resume_and_finish(args, comm, folder, noisy=False)
     err = np.abs(resumed.store.data - whole.store.data).max() / np.abs(whole.store.data).max()
     assert err < 1e-10, f"{comm.size} ranks resumed from a 1-rank checkpoint differ by {err:.2e}"

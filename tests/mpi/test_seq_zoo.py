@@ -7,16 +7,16 @@ import hashlib
 import numpy as np
 import pytest
 
-from mpidl.comm import SerialComm, world
-from mpidl.config import parse_config
+from mpidl.parallel.comm import SerialComm, world
+from mpidl.cli import parse_config
 from mpidl.trainer import Trainer
 
 REL_TOL = 1e-10
 
 
 def _train(args, comm):
-    t = Trainer(parse_config([*args, "--dtype", "float64", "--seed", "5"]), comm)
-    history = t.fit()
+    t = Trainer.from_config(parse_config([*args, "--dtype", "float64", "--seed", "5"]), comm)
+    history = t.train()
     return t.store.data.copy(), history
 
 

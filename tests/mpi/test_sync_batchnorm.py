@@ -5,15 +5,16 @@ Float64, so only summation order differs."""
 import numpy as np
 import pytest
 
-from mpidl.comm import world
-from mpidl.convnet import BatchNorm1d, BatchNorm2d, SyncBatchNorm1d, SyncBatchNorm2d
+from mpidl.parallel.comm import world
+from mpidl.nn import BatchNorm1d, BatchNorm2d, SyncBatchNorm1d, SyncBatchNorm2d
 from mpidl.params import ParamStore
 
 
-def _layer(cls, C, *args):
-    store = ParamStore()
-    layer = cls(store, "bn", C, *args)
+def _layer(cls, C, comm=None):
+    layer = cls(C)
+    store = ParamStore(layer)
     store.allocate(np.float64)
+    layer.attach(None, comm)
     rng = np.random.default_rng(1)  # same affine parameters everywhere
     layer.gamma.data[...] = rng.normal(size=C)
     layer.beta.data[...] = rng.normal(size=C)

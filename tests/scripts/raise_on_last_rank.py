@@ -2,7 +2,8 @@
 
 import numpy as np
 
-from mpidl.comm import install_abort_on_exception, world
+from mpidl.parallel.comm import world
+from mpidl.parallel.guard import install_abort_on_exception
 
 comm = world()
 install_abort_on_exception(comm)

@@ -8,6 +8,7 @@ import pytest
 
 from mpidl.checkpoint import (CheckpointError, atomic_write, checkpoint_name, list_checkpoints, meta_of,
                               newest_good, parse_every, read_checkpoint, write_checkpoint)
+from mpidl.errors import ConfigError
 from support import run_train
 
 TRAIN = ["--model", "mlp", "--hidden", "16", "--max-steps", "30", "--batch-size", "64", "--seed", "2",
@@ -28,7 +29,7 @@ def test_parse_every(text, expected):
 
 @pytest.mark.parametrize("text", ["0", "e", "-1", "2x", "1.5e", ""])
 def test_parse_every_rejects(text):
-    with pytest.raises(CheckpointError):
+    with pytest.raises(ConfigError):
         parse_every(text)
 
 

@@ -4,11 +4,11 @@ backward hook, and the flag checks."""
 import numpy as np
 import pytest
 
-from mpidl.compress import add_encoded, bf16_decode, bf16_encode, fp16_decode, fp16_encode
-from mpidl.config import parse_config
+from mpidl.parallel.compress import add_encoded, bf16_decode, bf16_encode, fp16_decode, fp16_encode
+from mpidl.cli import parse_config
 from mpidl.errors import ConfigError
-from mpidl.models import Model
-from mpidl.reducer import BucketSync, cut_buckets, layer_params
+from mpidl.models import build_model
+from mpidl.parallel.sync import BucketSync, cut_buckets
 
 
 def test_bf16_rounds_to_nearest_even_and_keeps_specials():
@@ -41,8 +41,7 @@ def test_add_encoded_is_the_float32_sum_rounded_once(codec, encode, decode):
 
 
 def _mlp():
-    model = Model("mlp", (1, 8, 8), 10, {"hidden": (64, 32)})
-    model.allocate(np.float32, 0)
+    model = build_model("mlp", (1, 8, 8), 10, {"hidden": (64, 32)}, dtype=np.float32, seed=0)
     return model
 
 
@@ -61,7 +60,7 @@ def test_buckets_cover_the_buffer_from_its_end_at_parameter_boundaries():
 
 def test_layers_own_their_parameters_and_frontiers_shrink_backwards():
     model = _mlp()
-    owned = [layer_params(layer) for layer in model.net.layers]
+    owned = [layer.parameters() for layer in model.net.layers]
     assert sorted(p.name for ps in owned for p in ps) == sorted(p.name for p in model.store.params)
     ready = BucketSync._ready_frontiers(model.net, model.store)
     fc2 = model.store.params[2]  # fc2.weight: done once layers[3:] have run backward

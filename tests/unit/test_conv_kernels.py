@@ -186,12 +186,12 @@ def test_global_avgpool_matches_pytorch(dtype):
 @pytest.mark.parametrize("shape", [(32, 6), (5, 4, 6, 7)])
 def test_batchnorm_layer_matches_pytorch_in_training_and_evaluation(shape, dtype):
     torch = pytest.importorskip("torch")
-    from mpidl.convnet import BatchNorm1d, BatchNorm2d
+    from mpidl.nn import BatchNorm1d, BatchNorm2d
     from mpidl.params import ParamStore
     rng = np.random.default_rng(10)
     C = shape[1]
-    store = ParamStore()
-    layer = (BatchNorm1d if len(shape) == 2 else BatchNorm2d)(store, "bn", C, momentum=0.1)
+    layer = (BatchNorm1d if len(shape) == 2 else BatchNorm2d)(C, momentum=0.1)
+    store = ParamStore(layer)
     store.allocate(dtype)
     gamma, beta = rng.normal(size=C), rng.normal(size=C)
     layer.gamma.data[...], layer.beta.data[...] = gamma, beta
@@ -221,7 +221,7 @@ def test_batchnorm_layer_matches_pytorch_in_training_and_evaluation(shape, dtype
 
 
 def test_dropout_layer_masks_from_rank_stream_and_is_off_in_evaluation():
-    from mpidl.convnet import Dropout
+    from mpidl.nn import Dropout
     x = np.ones((200, 50), dtype=np.float32)
     layer = Dropout(0.25, np.random.default_rng(0))
     y = layer.forward(x, train=True)
@@ -238,10 +238,10 @@ def test_dropout_layer_masks_from_rank_stream_and_is_off_in_evaluation():
 
 
 def test_conv_layer_honours_need_input_grad_and_accumulates():
-    from mpidl.convnet import Conv2d
+    from mpidl.nn import Conv2d
     from mpidl.params import ParamStore
-    store = ParamStore()
-    conv = Conv2d(store, "c", 3, 4, 3, padding=1)
+    conv = Conv2d(3, 4, 3, padding=1)
+    store = ParamStore(conv)
     store.allocate(np.float64)
     x = np.random.default_rng(0).normal(size=(2, 3, 5, 5))
     dy = np.ones((2, 4, 5, 5))
@@ -257,9 +257,8 @@ def test_conv_layer_honours_need_input_grad_and_accumulates():
 @pytest.mark.parametrize("name,shape,fc_in", [("cnn", (1, 28, 28), 3136), ("cnn", (3, 32, 32), 4096),
                                               ("lenet", (1, 28, 28), 400), ("lenet", (3, 32, 32), 400)])
 def test_conv_models_pick_their_variant_from_the_sample_shape(name, shape, fc_in):
-    from mpidl.models import Model
-    model = Model(name, shape, 10)
-    model.allocate(np.float32, 0)
+    from mpidl.models import build_model
+    model = build_model(name, shape, 10, dtype=np.float32, seed=0)
     assert model.store.named()["fc1.weight"].shape[1] == fc_in
     assert model.net.layers[0].need_input_grad is False    # the first conv skips its input gradient
     x = np.random.default_rng(0).random((3, *shape), dtype=np.float32)
@@ -289,11 +288,10 @@ def test_maxpool_with_fused_relu_equals_pool_then_relu(kernel, stride, layout):
 
 @pytest.mark.parametrize("name", ["cnn", "lenet"])
 def test_conv_builders_fuse_conv_pool_relu_and_match_the_unfused_network(name):
-    from mpidl.convnet import Conv2d, Conv2dPoolReLU, MaxPool2d
-    from mpidl.layers import ReLU, Sequential
-    from mpidl.models import Model
-    model = Model(name, (1, 12, 12), 10)
-    model.allocate(np.float64, 0)
+    from mpidl.nn import Conv2d, Conv2dPoolReLU, MaxPool2d
+    from mpidl.nn import ReLU, Sequential
+    from mpidl.models import build_model
+    model = build_model(name, (1, 12, 12), 10, dtype=np.float64, seed=0)
     fused = [layer for layer in model.net.layers if isinstance(layer, Conv2dPoolReLU)]
     assert len(fused) == 2
     # The same parameters in separate Conv2d, MaxPool2d and ReLU layers give the same outputs and gradients.

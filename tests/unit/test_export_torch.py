@@ -41,11 +41,10 @@ def test_mlp_weights_load_into_pytorch(tmp_path):
 
     from mpidl.checkpoint import load_weights
     from mpidl.data import load_dataset
-    from mpidl.models import Model
+    from mpidl.models import build_model
     data = load_dataset("digits")
     x = data.inputs(data.x_val, np.float32)
-    ours = Model("mlp", data.sample_shape, 10, {"hidden": (32, 16)})
-    ours.allocate(np.float32, seed=123)  # different initial weights, then overwritten
+    ours = build_model("mlp", data.sample_shape, 10, {"hidden": (32, 16)}, dtype=np.float32, seed=123)  # different initial weights, then overwritten
     for name, value in load_weights(os.path.join(out, "weights.npz")).items():
         ours.store.named()[name][...] = value
     expected = ours.forward(x, train=False)

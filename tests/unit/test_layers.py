@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from mpidl import losses
-from mpidl.layers import Flatten, Linear, ReLU, Sequential, Sigmoid, Softmax, Tanh
+from mpidl.nn import Flatten, Linear, ReLU, Sequential, Sigmoid, Softmax, Tanh
 from mpidl.params import ParamStore
 from mpidl.init import he_normal, xavier_uniform
 
@@ -17,8 +17,8 @@ def rng():
 
 
 def _allocated(builder):
-    store = ParamStore()
-    layer = builder(store)
+    layer = builder(None)
+    store = ParamStore(layer)
     store.allocate(np.float64, np.random.default_rng(0))
     store.data[...] = np.random.default_rng(1).normal(size=store.size)  # biases non-zero too
     return store, layer
@@ -26,12 +26,12 @@ def _allocated(builder):
 
 @pytest.mark.parametrize("batch_shape", [(7,), (3, 5)])
 def test_linear(rng, batch_shape):
-    store, layer = _allocated(lambda s: Linear(s, "fc", 6, 4))
+    store, layer = _allocated(lambda s: Linear(6, 4))
     layer_check(layer, rng.normal(size=(*batch_shape, 6)), rng, params=store.params)
 
 
 def test_linear_matches_plain_formula(rng):
-    store, layer = _allocated(lambda s: Linear(s, "fc", 6, 4))
+    store, layer = _allocated(lambda s: Linear(6, 4))
     x = rng.normal(size=(5, 6))
     np.testing.assert_allclose(layer.forward(x), x @ layer.W.data.T + layer.b.data, rtol=1e-12)
 
@@ -39,8 +39,8 @@ def test_linear_matches_plain_formula(rng):
 def test_linear_writes_into_a_zeroed_gradient_and_adds_otherwise(rng):
     """After zero_grad the first backward writes the weight gradient in place; later ones add,
     and without zero_grad nothing is assumed about what the gradient holds."""
-    store = ParamStore()
-    layer = Linear(store, "fc", 5, 3)
+    layer = Linear(5, 3)
+    store = ParamStore(layer)
     store.allocate(np.float64, rng)
     x, dy = rng.normal(size=(4, 5)), rng.normal(size=(4, 3))
     one = dy.T @ x
@@ -76,12 +76,12 @@ def test_sigmoid_is_stable_for_large_inputs():
 
 
 def test_sequential_with_flatten(rng):
-    store, net = _allocated(lambda s: Sequential(Flatten(), Linear(s, "a", 12, 8), Tanh(), Linear(s, "b", 8, 3)))
+    store, net = _allocated(lambda s: Sequential(Flatten(), Linear(12, 8), Tanh(), Linear(8, 3)))
     layer_check(net, rng.normal(size=(4, 3, 4)), rng, params=store.params)
 
 
 def test_first_layer_can_skip_input_gradient(rng):
-    store, layer = _allocated(lambda s: Linear(s, "fc", 6, 4))
+    store, layer = _allocated(lambda s: Linear(6, 4))
     layer.need_input_grad = False
     layer.forward(rng.normal(size=(3, 6)))
     assert layer.backward(np.ones((3, 4))) is None

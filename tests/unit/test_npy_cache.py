@@ -7,7 +7,7 @@ import os
 import numpy as np
 import pytest
 
-from mpidl.comm import SerialComm
+from mpidl.parallel.comm import SerialComm
 from mpidl.data.cache import npy_cache, source_key
 from mpidl.data.datasets import load_idx_dataset
 

@@ -1,13 +1,12 @@
 import numpy as np
 import pytest
 
-from mpidl.models import Model
+from mpidl.models import build_model
 from mpidl.params import ParamStore
 
 
 def test_every_parameter_and_gradient_is_a_view_of_the_flat_buffers():
-    m = Model("mlp", (1, 28, 28), 10)
-    m.allocate(np.float32, seed=0)
+    m = build_model("mlp", (1, 28, 28), 10, dtype=np.float32, seed=0)
     store = m.store
     assert store.size == 784 * 64 + 64 + 64 * 64 + 64 + 64 * 10 + 10
     assert store.data.flags.c_contiguous and store.grad.flags.c_contiguous
@@ -32,8 +31,7 @@ def test_every_parameter_and_gradient_is_a_view_of_the_flat_buffers():
 
 
 def test_float64_selectable_and_biases_excluded_from_decay():
-    m = Model("mlp", (64,), 10, {"hidden": (8,)})
-    m.allocate(np.float64, seed=0)
+    m = build_model("mlp", (64,), 10, {"hidden": (8,)}, dtype=np.float64, seed=0)
     assert m.store.data.dtype == np.float64 and m.store.grad.dtype == np.float64
     mask = m.store.decay_mask()
     for p in m.store.params:
@@ -41,8 +39,7 @@ def test_float64_selectable_and_biases_excluded_from_decay():
 
 
 def test_backward_writes_into_the_grad_views():
-    m = Model("mlp", (64,), 10, {"hidden": (16,)})
-    m.allocate(np.float64, seed=1)
+    m = build_model("mlp", (64,), 10, {"hidden": (16,)}, dtype=np.float64, seed=1)
     rng = np.random.default_rng(0)
     m.store.zero_grad()
     m.train_step_grads(rng.normal(size=(5, 64)), rng.integers(0, 10, 5))
@@ -61,9 +58,7 @@ def test_declaring_twice_or_after_allocation_is_an_error():
 
 
 def test_same_seed_same_weights_different_seed_different():
-    a, b, c = (Model("mlp", (64,), 10) for _ in range(3))
-    a.allocate(np.float32, 5)
-    b.allocate(np.float32, 5)
-    c.allocate(np.float32, 6)
+    a, b = (build_model("mlp", (64,), 10, seed=5) for _ in range(2))
+    c = build_model("mlp", (64,), 10, seed=6)
     np.testing.assert_array_equal(a.store.data, b.store.data)
     assert not np.array_equal(a.store.data, c.store.data)

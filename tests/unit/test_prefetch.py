@@ -6,8 +6,8 @@ import threading
 import numpy as np
 import pytest
 
-from mpidl.comm import SerialComm
-from mpidl.config import parse_config
+from mpidl.parallel.comm import SerialComm
+from mpidl.cli import parse_config
 from mpidl.data.prefetch import InlineBatches, Prefetcher
 from mpidl.trainer import Trainer
 
@@ -43,11 +43,11 @@ def test_close_stops_a_thread_blocked_on_a_full_queue():
 def _train(prefetch, augment):
     cfg = parse_config(["--model", "mlp", "--max-steps", "30", "--batch-size", "32", "--seed", "5",
                         "--dtype", "float64", "--prefetch", str(prefetch)])
-    t = Trainer(cfg, SerialComm())
+    t = Trainer.from_config(cfg, SerialComm())
     if augment:
         # Draws from the data stream: prefetching must not change which numbers each batch gets.
         t.data.augment = lambda x, rng: x + rng.normal(scale=0.1, size=x.shape)
-    t.fit()
+    t.train()
     return t.store.data.copy()
 
 

@@ -4,12 +4,13 @@ differences (float64), the layers' plumbing, and short training runs on the buil
 import numpy as np
 import pytest
 
-from mpidl.comm import SerialComm
-from mpidl.config import parse_config
-from mpidl.layers import Sequential
-from mpidl.models import Model
+from mpidl.parallel.comm import SerialComm
+from mpidl.cli import parse_config
+from mpidl.nn import Sequential
+from mpidl.models import build_model
 from mpidl.params import ParamStore
-from mpidl.seqlayers import (VAE, ImageRows, LearnedPositions, MeanOverTime, Recurrent, TransformerBlock)
+from mpidl.nn import ImageRows, LearnedPositions, MeanOverTime, Recurrent, TransformerBlock
+from mpidl.models.vae import VAE
 from mpidl.trainer import Trainer
 
 
@@ -38,8 +39,7 @@ def _directional_grad_check(store, loss_and_backward, loss_only, rng, h=1e-6, re
 
 @pytest.mark.parametrize("name", ["rnn", "lstm", "gru", "transformer", "svm"])
 def test_model_gradients_against_finite_differences(name):
-    m = Model(name, (1, 8, 8), 10)
-    m.allocate(np.float64, seed=1)
+    m = build_model(name, (1, 8, 8), 10, dtype=np.float64, seed=1)
     rng = np.random.default_rng(0)
     x, y = rng.uniform(size=(5, 1, 8, 8)), rng.integers(0, 10, 5)
     _directional_grad_check(m.store, lambda: m.train_step_grads(x, y),
@@ -47,8 +47,8 @@ def test_model_gradients_against_finite_differences(name):
 
 
 def _small_vae(seed=3):
-    store = ParamStore()
-    vae = VAE(store, (1, 4, 4), hidden=12, latent=3, rng=None)
+    vae = VAE((1, 4, 4), hidden=12, latent=3, rng=np.random.default_rng(0))
+    store = ParamStore(vae)
     store.allocate(np.float64, np.random.default_rng(seed))
     return store, vae
 
@@ -70,12 +70,11 @@ def test_vae_gradient_includes_reparameterisation_and_kl():
 
 def test_vae_weighted_step_scales_the_whole_gradient():
     """A rank with a smaller share scales its gradient; the KL part must be scaled too."""
-    m = Model("vae", (1, 8, 8), 10, {"rng": np.random.default_rng(0)})
-    m.allocate(np.float64, seed=2)
+    m = build_model("vae", (1, 8, 8), 10, dtype=np.float64, seed=2)
     x = np.random.default_rng(1).uniform(size=(4, 1, 8, 8))
     grads = []
     for weight in (1.0, 0.25):
-        m.net.layers[0].rng = np.random.default_rng(5)
+        m.net.rng = np.random.default_rng(5)
         m.store.zero_grad()
         m.train_step_grads(x, None, weight=weight)
         grads.append(m.store.grad.copy())
@@ -83,8 +82,7 @@ def test_vae_weighted_step_scales_the_whole_gradient():
 
 
 def test_vae_reports_its_terms():
-    m = Model("vae", (1, 8, 8), 10, {"rng": np.random.default_rng(0)})
-    m.allocate(np.float32, seed=0)
+    m = build_model("vae", (1, 8, 8), 10, dtype=np.float32, seed=0)
     x = np.random.default_rng(1).uniform(size=(8, 1, 8, 8)).astype(np.float32)
     loss_sum, correct, recon_sum, kl_sum = m.evaluate_sums(x, None)
     assert m.term_names == ("recon_bce", "kl")
@@ -93,10 +91,10 @@ def test_vae_reports_its_terms():
 
 
 def test_recurrent_many_to_many_and_learned_positions_layers():
-    store = ParamStore()
-    net = Sequential(ImageRows(), Recurrent(store, "gru", "gru", 8, 5, return_sequences=True),
-                     LearnedPositions(store, "pos", 8, 5), TransformerBlock(store, "b", 5, 1, causal=True),
+    net = Sequential(ImageRows(), Recurrent("gru", 8, 5, return_sequences=True),
+                     LearnedPositions(8, 5), TransformerBlock(5, 1, causal=True),
                      MeanOverTime())
+    store = ParamStore(net)
     store.allocate(np.float64, np.random.default_rng(0))
     rng = np.random.default_rng(2)
     x, r = rng.uniform(size=(3, 1, 8, 8)), rng.standard_normal((3, 5))
@@ -109,8 +107,8 @@ def test_recurrent_many_to_many_and_learned_positions_layers():
 
 
 def _fit(args):
-    trainer = Trainer(parse_config([*args, "--seed", "0"]), SerialComm())
-    return trainer.fit()
+    trainer = Trainer.from_config(parse_config([*args, "--seed", "0"]), SerialComm())
+    return trainer.train()
 
 
 @pytest.mark.parametrize("args, min_accuracy", [

@@ -5,8 +5,8 @@ forward and backward, update. The trainer lets the optimizer zero the gradients 
 import numpy as np
 import pytest
 
-from mpidl.comm import SerialComm
-from mpidl.config import parse_config
+from mpidl.parallel.comm import SerialComm
+from mpidl.cli import parse_config
 from mpidl.trainer import Trainer
 
 
@@ -15,10 +15,10 @@ from mpidl.trainer import Trainer
 def test_trainer_steps_equal_the_loop_written_out(extra):
     args = ["--model", "mlp", "--max-steps", "6", "--batch-size", "32", "--dtype", "float64", "--seed", "4",
             "--progress", "none", *extra]
-    trained = Trainer(parse_config(args), SerialComm())
-    trained.fit()
+    trained = Trainer.from_config(parse_config(args), SerialComm())
+    trained.train()
 
-    by_hand = Trainer(parse_config(args), SerialComm())
+    by_hand = Trainer.from_config(parse_config(args), SerialComm())
     steps = iter(by_hand.sampler.epoch(0))
     for i in range(6):
         step = next(steps)

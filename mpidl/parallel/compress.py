@@ -1,7 +1,7 @@
 """16-bit gradient encodings for communication, in NumPy only (no MPI here).
 
 Both encodings travel as uint16 words, so MPI sees plain 16-bit integers and the sum is
-done by :func:`add_encoded` (an MPI user-defined operation in ``mpidl.comm``) which
+done by :func:`add_encoded` (an MPI user-defined operation in ``mpidl.parallel.comm``) which
 decodes to float32, adds, and encodes again.
 
 - ``fp16``: IEEE half precision (NumPy's float16). 11-bit significand, largest value

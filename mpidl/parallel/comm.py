@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import os
 import sys
-import threading
 import time
-import traceback
 from contextlib import contextmanager
 
 import numpy as np
+
+from mpidl.errors import MismatchError
 
 _WORLD = None
 
@@ -107,7 +107,7 @@ class Communicator:
     def iallreduce_sum(self, buf: np.ndarray, codec: str | None = None):
         """Start an in-place sum; returns a request for :meth:`test_all` / :meth:`wait_all`.
         With `codec` ('fp16', 'bf16') `buf` holds uint16 words of that encoding, summed by
-        a user-defined operation that adds in float32 (see mpidl.compress)."""
+        a user-defined operation that adds in float32 (see mpidl.parallel.compress)."""
         return self._comm.Iallreduce(self._MPI.IN_PLACE, buf, op=self._sum_op(codec))
 
     def allreduce_encoded_sum_(self, buf: np.ndarray, codec: str | None = None) -> np.ndarray:
@@ -181,12 +181,19 @@ class Communicator:
             cache[key] = (node, None if leaders == MPI.COMM_NULL else leaders)
         return cache[key]
 
+    def node_shape(self, ranks_per_node: int | None = None) -> tuple[int, int]:
+        """(ranks on this rank's node, number of nodes) as node_groups cuts them."""
+        if self.size == 1:
+            return 1, 1
+        node, leaders = self.node_groups(ranks_per_node)
+        return node.Get_size(), leaders.Get_size() if leaders is not None else 0
+
     def _sum_op(self, codec):
         if codec is None:
             return self._MPI.SUM
         ops = self.__dict__.setdefault("_codec_ops", {})
         if codec not in ops:
-            from mpidl.compress import add_encoded
+            from mpidl.parallel.compress import add_encoded
 
             def combine(incoming, inout, datatype, codec=codec):
                 add_encoded(codec, np.frombuffer(incoming, dtype=np.uint16), np.frombuffer(inout, dtype=np.uint16))
@@ -272,13 +279,20 @@ class Communicator:
         # tears the job down; without a pause the message explaining it is sometimes lost.
         time.sleep(0.5)
         self._comm.Abort(code)
+        os._exit(code)  # should MPI_Abort return before the launcher ends this process
 
     def wtime(self) -> float:
         return self._MPI.Wtime()
 
+    def finalize(self) -> None:
+        """MPI_Finalize now (before a deliberate os._exit); every rank must call it."""
+        if not self._MPI.Is_finalized():
+            self._MPI.Finalize()
+
 
 class SerialComm(Communicator):
-    """A world of one for machines where mpi4py cannot load an MPI library."""
+    """A world of one for machines where mpi4py cannot load an MPI library. The base class
+    already returns early at size 1 from every collective; only what touches MPI itself is here."""
 
     def __init__(self):  # noqa: D401 - no MPI at all
         self.rank, self.size, self._local_size, self._local_rank = 0, 1, 1, 0
@@ -288,15 +302,9 @@ class SerialComm(Communicator):
     def library(self) -> str:
         return "none (serial stand-in)"
 
-    def allreduce_min_max(self, values):
-        return values.copy(), values.copy()
-
     # A world of one: every reduction is already complete.
     def iallreduce_sum(self, buf, codec=None):
         return None
-
-    def allreduce_encoded_sum_(self, buf, codec=None):
-        return buf
 
     def test_all(self, requests):
         return True
@@ -307,40 +315,16 @@ class SerialComm(Communicator):
     def wait_all(self, requests):
         pass
 
-    def reduce_scatter_sum(self, send, shard):
-        shard[...] = send
-        return shard
-
-    def allgather_blocks_(self, buf):
-        return buf
-
-    def hierarchical_allreduce_sum_(self, buf, ranks_per_node=None):
-        return buf
-
-    def allgather_bytes(self, payload, width=64):
-        send = np.zeros(width, dtype=np.uint8)
-        raw = np.frombuffer(payload[:width], dtype=np.uint8)
-        send[:raw.size] = raw
-        return [bytes(send)]
-
-    def first_failure(self, failed):
-        return 0 if failed else None
-
-    def any_true(self, value):
-        return bool(value)
-
     def abort(self, code=1):
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(code)
 
     def wtime(self):
-        import time
         return time.perf_counter()
 
-
-class MismatchError(RuntimeError):
-    """Ranks disagree on something that must be identical (config, layout, data)."""
+    def finalize(self):
+        pass
 
 
 def _yield_when_oversubscribed() -> None:
@@ -376,51 +360,3 @@ def world() -> Communicator:
         return _WORLD
     _WORLD = Communicator(MPI.COMM_WORLD, MPI)
     return _WORLD
-
-
-def start_watchdog(comm: Communicator, timeout: float) -> threading.Thread | None:
-    """A daemon thread that aborts the job when this rank has waited in one collective for more
-    than `timeout` seconds (a peer died or hangs), naming the collective and the step."""
-    if comm.size == 1 or not timeout or timeout <= 0:
-        return None
-
-    def watch():
-        while True:
-            time.sleep(min(1.0, timeout / 4))
-            current = comm.waiting_in
-            if current is not None and time.monotonic() - current[1] > timeout:
-                name, started = current
-                where = f" at {comm.context}" if comm.context else ""
-                sys.stderr.write(f"[rank {comm.rank}] mpidl: waited {time.monotonic() - started:.0f} s in "
-                                 f"{name}{where} (--collective-timeout {timeout:g}); another rank has died "
-                                 f"or hangs. Aborting all {comm.size} ranks.\n")
-                comm.abort(4)
-
-    thread = threading.Thread(target=watch, name="mpidl-watchdog", daemon=True)
-    thread.start()
-    return thread
-
-
-def install_abort_on_exception(comm: Communicator) -> None:
-    """An uncaught exception on any rank prints once, tagged with its rank, then aborts every
-    rank through MPI_Abort so none waits forever in a collective."""
-    if comm.size == 1:
-        return
-    previous = sys.excepthook
-
-    def hook(exc_type, exc, tb):
-        if issubclass(exc_type, SystemExit):
-            previous(exc_type, exc, tb)
-            return
-        if issubclass(exc_type, KeyboardInterrupt):
-            # Ctrl-C reaches the ranks at different moments: one that exits normally would
-            # wait in MPI_Finalize for a peer stuck in a collective, so abort them all.
-            sys.stderr.write(f"[rank {comm.rank}] mpidl: interrupted; aborting all {comm.size} ranks\n")
-            comm.abort(130)
-        text = "".join(traceback.format_exception(exc_type, exc, tb))
-        tagged = "".join(f"[rank {comm.rank}] {line}\n" for line in text.rstrip().splitlines())
-        sys.stderr.write(tagged)
-        sys.stderr.write(f"[rank {comm.rank}] mpidl: aborting all {comm.size} ranks\n")
-        comm.abort(1)
-
-    sys.excepthook = hook

@@ -1,7 +1,8 @@
 """How the ranks' gradients are combined each step and how the update is applied.
 
-No MPI here: every collective is a method of ``mpidl.comm.Communicator``. One object per
-run, chosen from the config by :func:`make_gradient_sync`; the trainer calls, each step::
+No mpi4py here: every collective is a method of ``mpidl.parallel.comm.Communicator``
+(hierarchical allreduce gets the node groups from it). One strategy object per run, chosen by
+:func:`make_sync`; :class:`DistributedOptimizer` drives it, each step::
 
     sync.arm()                        # before the last backward of the step (buckets start early)
     ...backward...
@@ -30,15 +31,19 @@ Strategies:
 
 from __future__ import annotations
 
+import hashlib
 import queue
 import threading
 import time
 
 import numpy as np
 
-from mpidl.compress import DECODE, ENCODE
-from mpidl.layers import Layer
-from mpidl.params import Param, ParamStore
+from mpidl import __version__
+from mpidl.errors import ConfigError, TrainingHalted
+
+from mpidl.parallel.comm import ranks_per_node_from_env
+from mpidl.parallel.compress import DECODE, ENCODE
+from mpidl.params import ParamStore
 
 MB = 2 ** 20
 
@@ -95,14 +100,8 @@ class HierarchicalSync(GradientSync):
 
     def __init__(self, comm, store, ranks_per_node: int | None = None):
         super().__init__(comm, store)
-        from mpidl.comm import ranks_per_node_from_env  # no MPI: reads the environment once
         self.ranks_per_node = ranks_per_node or ranks_per_node_from_env()
-        if comm.size > 1:
-            node, leaders = comm.node_groups(ranks_per_node)
-            self.node_size = node.Get_size()
-            self.nodes = leaders.Get_size() if leaders is not None else 0
-        else:
-            self.node_size, self.nodes = 1, 1
+        self.node_size, self.nodes = comm.node_shape(self.ranks_per_node)
 
     def describe(self) -> str:
         return (f"hierarchical: Reduce to the node leader, Allreduce among leaders, Bcast in the node "
@@ -151,29 +150,6 @@ class ZeroSync(GradientSync):
 
     def after_update(self) -> None:
         self.comm.allgather_blocks_(self.store.padded_data)
-
-
-def layer_params(obj, _seen=None) -> list[Param]:
-    """Every Param a layer owns, found through its attributes (nested layers, lists of them)."""
-    seen = set() if _seen is None else _seen
-    if id(obj) in seen:
-        return []
-    seen.add(id(obj))
-    if isinstance(obj, Param):
-        return [obj]
-    if isinstance(obj, (list, tuple)):
-        items = obj
-    elif isinstance(obj, dict):
-        items = list(obj.values())
-    elif isinstance(obj, Layer):
-        items = list(vars(obj).values())
-    else:
-        return []
-    found = []
-    for item in items:
-        if isinstance(item, (Param, Layer, list, tuple, dict)):
-            found += layer_params(item, seen)
-    return found
 
 
 def cut_buckets(store: ParamStore, bucket_bytes: float) -> list[tuple[int, int]]:
@@ -234,7 +210,7 @@ class BucketSync(GradientSync):
         layers = getattr(net, "layers", None)
         if layers is None or not hasattr(net, "backward_hook"):
             return None
-        owned = [layer_params(layer) for layer in layers]
+        owned = [layer.parameters() for layer in layers]
         if sorted(p.offset for ps in owned for p in ps) != sorted(p.offset for p in store.params):
             return None
         ready, frontier = [], 0
@@ -327,20 +303,157 @@ class BucketSync(GradientSync):
                 self.comm.allreduce_mean_(grad[start:end])
 
 
-def optimizer_state_bytes(optimizer) -> int:
-    """Bytes of the optimiser's persistent state (moments, velocity) on this rank."""
-    return sum(v.nbytes for v in optimizer.state_dict().values() if isinstance(v, np.ndarray) and v.ndim)
-
-
-def make_gradient_sync(cfg, comm, model) -> GradientSync:
+def make_sync(comm, model, *, zero: bool = False, allreduce: str = "flat", bucket_mb: float = 0.0,
+              overlap: str = "test", compression: str | None = None) -> GradientSync:
+    """The strategy these options name (see the module docstring); refuses combinations that
+    are not implemented."""
+    codec = None if compression in (None, "none") else compression
+    if zero and (bucket_mb or codec or allreduce != "flat"):
+        raise ConfigError("--zero 1 does not combine with --bucket-mb, --grad-compression or --allreduce hierarchical")
+    if allreduce == "hierarchical" and (bucket_mb or codec):
+        raise ConfigError("--allreduce hierarchical does not combine with --bucket-mb or --grad-compression")
+    if allreduce not in ("flat", "hierarchical"):
+        raise ConfigError(f"--allreduce {allreduce!r}: choose flat or hierarchical")
     store = model.store
-    if getattr(cfg, "zero", 0):
+    if zero:
+        store.pad(comm.size)
         return ZeroSync(comm, store)
-    if getattr(cfg, "allreduce", "flat") == "hierarchical":
+    if allreduce == "hierarchical":
         return HierarchicalSync(comm, store)
-    codec = None if getattr(cfg, "grad_compression", "none") == "none" else cfg.grad_compression
-    bucket_mb = getattr(cfg, "bucket_mb", 0.0)
     if bucket_mb > 0 or codec:
-        return BucketSync(comm, store, model.net, bucket_mb * MB if bucket_mb > 0 else None,
-                          getattr(cfg, "overlap", "test"), codec)
+        return BucketSync(comm, store, model.net, bucket_mb * MB if bucket_mb > 0 else None, overlap, codec)
     return GradientSync(comm, store)
+
+
+def broadcast_and_verify(comm, model, **digests: bytes) -> None:
+    """Start-up agreement (what DDP's constructor does): every rank must run the same mpidl
+    and build the same parameter layout (and agree on whatever else is given, e.g.
+    configuration=...); then rank 0's initial weights are broadcast. A disagreement raises
+    MismatchError on every rank, naming what differs."""
+    comm.check_same(f"mpidl version (this rank runs {__version__})", hashlib.sha256(__version__.encode()).digest())
+    for what, digest in digests.items():
+        comm.check_same(what.replace("_", " "), digest)
+    comm.check_same("model parameter layout", model.store.layout_digest())
+    comm.bcast_(model.store.data, root=0)
+
+
+class DistributedOptimizer:
+    """Wraps an optimiser so that its step updates every replica alike (Horovod's and
+    ChainerMN's DistributedOptimizer): ``step()`` reduces the gradients with the chosen
+    strategy, takes the agreed finite/non-finite decision, updates, gathers ZeRO shards, and
+    leaves the gradients zeroed for the next step.
+
+    Your loop, on every rank::
+
+        dopt = mpidl.DistributedOptimizer(mpidl.optim.Adam(model, lr=1e-3), model)
+        for step in sampler.epoch(epoch):
+            dopt.zero_grad()
+            model.loss_and_backward(x[step.indices], y[step.indices], step.weight)
+            dopt.step()
+
+    Where the work is folded together for speed, it is named here: on the plain path the
+    1/ranks of the gradient mean is multiplied into the loss gradient (``loss_scale``, which
+    this class hands the model as ``model.loss_scale``) instead of dividing the reduced
+    buffer; and the optimiser zeroes each block of gradients as it consumes it, so
+    ``zero_grad()`` is a no-op after a successful step. If you call ``net.backward`` yourself,
+    multiply your loss gradient by ``dopt.loss_scale``.
+
+    Construction is collective: it checks that all ranks built the same model and broadcasts
+    rank 0's weights (``broadcast=False`` skips that).
+    """
+
+    def __init__(self, optimizer, model, comm=None, *, zero: bool = False, allreduce: str = "flat",
+                 bucket_mb: float = 0.0, overlap: str = "test", compression: str | None = None,
+                 on_nonfinite: str = "skip", broadcast: bool = True, warn=None):
+        from mpidl.parallel.comm import world
+        if on_nonfinite not in ("skip", "abort"):
+            raise ConfigError(f"on_nonfinite={on_nonfinite!r}: choose skip or abort")
+        self.comm = comm if comm is not None else world()
+        self.model, self.store, self.optimizer = model, model.store, optimizer
+        self.on_nonfinite = on_nonfinite
+        self.sync = make_sync(self.comm, model, zero=zero, allreduce=allreduce, bucket_mb=bucket_mb,
+                              overlap=overlap, compression=compression)
+        data, mask = self.sync.optimizer_target()
+        optimizer.bind(data, mask)  # ZeRO: state for this rank's shard only
+        self.loss_scale = self.sync.grad_scale
+        model.loss_scale = self.loss_scale
+        self.skipped_steps = 0      # updates skipped for non-finite gradients
+        self.where = ""             # the step, for messages (the trainer keeps it current)
+        self.warn = warn if warn is not None else (print if self.comm.rank == 0 else (lambda *a, **k: None))
+        self._zeroed = False        # the last update left the gradients zeroed
+        if broadcast:
+            broadcast_and_verify(self.comm, model)
+
+    def describe(self) -> str:
+        return self.sync.describe()
+
+    def state_bytes(self) -> int:
+        """Bytes of the optimiser's persistent state (moments, velocity) on this rank."""
+        return sum(v.nbytes for v in self.optimizer.state_dict().values()
+                   if isinstance(v, np.ndarray) and v.ndim)
+
+    def zero_grad(self, arm: bool = True) -> None:
+        """Ready the gradient buffer for this step's backward (a no-op when the last update
+        already zeroed it); `arm`: the next backward is the step's last, so bucket reductions
+        may start during it."""
+        if not self._zeroed:
+            self.store.zero_grad()
+        self._zeroed = False
+        if arm:
+            self.sync.arm()
+
+    def arm(self) -> None:
+        self.sync.arm()
+
+    def step(self, lr: float | None = None, lap=None) -> bool:
+        """Reduce, check, update. Returns False when the update was skipped because the
+        averaged gradient was not finite (every rank decides alike); raises TrainingHalted
+        instead with on_nonfinite='abort'. `lap`: a step clock's lap function."""
+        self.sync.finish()
+        if lap is not None:
+            lap("allreduce")
+        data, grad = self.sync.update_arrays()
+        # Decided from the reduced gradient, which every rank holds alike (ZeRO asks its peers).
+        # A NaN or inf loss brings a non-finite gradient with it.
+        applied = self.sync.all_finite(grad)
+        if applied:
+            # Only the store's own gradient buffer may be zeroed early (ZeRO updates from a shard).
+            zero_after = grad is self.store.grad
+            self.optimizer.step(data, grad, lr, zero_grad=zero_after)
+            if zero_after:
+                self.store.mark_grads_zero()
+                self._zeroed = True
+            self.sync.after_update()
+        else:
+            self._nonfinite()
+        if lap is not None:
+            lap("optimizer")
+        return applied
+
+    def _nonfinite(self) -> None:
+        where = f" at {self.where}" if self.where else ""
+        if self.on_nonfinite == "abort":
+            raise TrainingHalted(f"non-finite loss or gradient{where}; --on-nonfinite abort. "
+                                 "Lower --lr, check the inputs, or use --on-nonfinite skip")
+        self.skipped_steps += 1
+        self.warn(f"warning: non-finite loss or gradient{where}: update skipped "
+                  f"({self.skipped_steps} so far)", flush=True)
+
+    def check_replicas(self, on_drift: str = "repair") -> bool:
+        """Compare a 53-bit hash of the weights across ranks with one small collective. On a
+        mismatch, repair from rank 0 (weights and optimiser state) or halt."""
+        digest = hashlib.blake2b(self.store.data.tobytes(), digest_size=8).digest()
+        h = float(int.from_bytes(digest, "little") >> 11)  # 53 bits: exact in a float64
+        lo, hi = self.comm.allreduce_min_max(np.array([h]))
+        if lo[0] == hi[0]:
+            return True
+        where = f" at {self.where}" if self.where else ""
+        if on_drift == "abort":
+            raise TrainingHalted(f"replicas have drifted apart{where} (weight checksums differ "
+                                 "between ranks); --on-drift abort")
+        self.comm.bcast_(self.store.data, root=0)
+        for value in self.optimizer.state_dict().values():
+            if isinstance(value, np.ndarray) and value.ndim == 1 and value.size == self.store.size:
+                self.comm.bcast_(value, root=0)
+        self.warn(f"warning: replicas had drifted apart{where}; repaired from rank 0", flush=True)
+        return False
