@@ -41,7 +41,7 @@ import cost_model  # noqa: E402
 import common  # noqa: E402
 from common import cores, read_json, run_ranks, write_json  # noqa: E402
 
-PHASE_ORDER = ("data", "forward", "backward", "allreduce", "allreduce_post", "allreduce_wait", "optimizer")
+PHASE_ORDER = ("data", "forward", "backward", "allreduce", "optimizer")
 
 
 def log(msg: str) -> None:

@@ -6,10 +6,10 @@ It costs one ``time.perf_counter()`` call and a few float additions per lap and 
 communication during training; the per-rank figures meet once, at the end, in one small
 collective (:func:`gather_summary`).
 
-Phases are named by the trainer (``PHASES``). The gradient reduction is one blocking
-Allreduce today and is timed as the single phase ``allreduce``; a non-blocking reduction
-charges ``allreduce_post`` and ``allreduce_wait`` instead (both are known names here, so
-the summary and the timeline show them as soon as a trainer lists them in its phases).
+Phases are named by the trainer (``PHASES``). ``allreduce`` is the communication left after
+backward: all of the reduction on the plain path; with buckets started during backward
+(--bucket-mb) the part that overlapped is charged to ``backward`` and only the wait for the
+rest to ``allreduce``.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ import numpy as np
 
 PHASES = ("data", "forward", "backward", "allreduce", "optimizer")
 # Phases that are communication, coloured apart in the timeline; everything else is compute.
-COMM_PHASES = frozenset({"allreduce", "allreduce_post", "allreduce_wait"})
+COMM_PHASES = frozenset({"allreduce"})
 # Spans outside the step loop (rare, so kept in a list): the loader thread's work, evaluation.
 SPAN_NAMES = ("prepare batch", "evaluate")
 LOADER_THREAD = 1  # timeline track of the prefetching thread; the training thread is 0

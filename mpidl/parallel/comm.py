@@ -48,7 +48,6 @@ class Communicator:
         self._MPI = MPI
         self.rank = mpi_comm.Get_rank()
         self.size = mpi_comm.Get_size()
-        self._local_size = None
         self.waiting_in = None   # (collective, monotonic start) while inside one; read by the watchdog
         self.context = ""        # where training is, e.g. "step 120", for the watchdog's message
 
@@ -61,23 +60,23 @@ class Communicator:
             self.waiting_in = None
 
     # -- topology -----------------------------------------------------------------
+    def _node(self) -> tuple[int, int]:
+        """(ranks on this node, this rank's index among them), from one Split_type, kept."""
+        if getattr(self, "_node_info", None) is None:
+            node = self._comm.Split_type(self._MPI.COMM_TYPE_SHARED, key=self.rank)
+            self._node_info = (node.Get_size(), node.Get_rank())
+            node.Free()
+        return self._node_info
+
     @property
     def local_size(self) -> int:
         """Ranks sharing this node (for BLAS thread counts)."""
-        if self._local_size is None:
-            node = self._comm.Split_type(self._MPI.COMM_TYPE_SHARED, key=self.rank)
-            self._local_size = node.Get_size()
-            node.Free()
-        return self._local_size
+        return self._node()[0]
 
     @property
     def local_rank(self) -> int:
         """This rank's index among the ranks on its node (one rank per node writes shared files)."""
-        if getattr(self, "_local_rank", None) is None:
-            node = self._comm.Split_type(self._MPI.COMM_TYPE_SHARED, key=self.rank)
-            self._local_rank = node.Get_rank()
-            node.Free()
-        return self._local_rank
+        return self._node()[1]
 
     @property
     def library(self) -> str:
@@ -295,7 +294,7 @@ class SerialComm(Communicator):
     already returns early at size 1 from every collective; only what touches MPI itself is here."""
 
     def __init__(self):  # noqa: D401 - no MPI at all
-        self.rank, self.size, self._local_size, self._local_rank = 0, 1, 1, 0
+        self.rank, self.size, self._node_info = 0, 1, (1, 0)
         self.waiting_in, self.context = None, ""
 
     @property

@@ -4,17 +4,7 @@ for f(x) = <y(x), w> with a random w, the directional derivative along a random 
 
 from __future__ import annotations
 
-
-def directional_check(f, grads, inputs, rng, eps=1e-6, trials=3, rtol=1e-6, atol=1e-9):
-    """f(*inputs) -> scalar; grads: analytic gradients of f w.r.t. each input (same order)."""
-    for _ in range(trials):
-        dirs = [rng.normal(size=a.shape) for a in inputs]
-        plus = [a + eps * d for a, d in zip(inputs, dirs)]
-        minus = [a - eps * d for a, d in zip(inputs, dirs)]
-        numeric = (f(*plus) - f(*minus)) / (2 * eps)
-        analytic = sum(float((g * d).sum()) for g, d in zip(grads, dirs))
-        assert abs(numeric - analytic) <= atol + rtol * max(abs(numeric), abs(analytic)), \
-            f"directional derivative: finite differences {numeric:.10g} vs backward {analytic:.10g}"
+from mpidl.testing import directional_check  # noqa: F401  (the tests import it from here)
 
 
 def layer_check(layer, x, rng, params=(), eps=1e-6, rtol=1e-6, atol=1e-9):
