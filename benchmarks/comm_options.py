@@ -16,7 +16,6 @@ same number of bytes is timed alongside as the floor. Writes benchmarks/results/
 from __future__ import annotations
 
 import argparse
-import functools
 import json
 import os
 import sys
@@ -26,7 +25,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from mpidl import trainer as trainer_module  # noqa: E402
+from mpidl.data import load_dataset  # noqa: E402
 from mpidl.parallel.comm import world  # noqa: E402
 from mpidl.cli import parse_config  # noqa: E402
 from mpidl.trainer import Trainer  # noqa: E402
@@ -135,8 +134,7 @@ def main(argv=None):
     comm = world()
     from threadpoolctl import threadpool_limits
     threadpool_limits(1)  # one BLAS thread per rank: ranks scale better than threads here
-    # Every configuration reads the same arrays: load them once.
-    trainer_module.load_dataset = functools.lru_cache(maxsize=None)(trainer_module.load_dataset)
+    data = load_dataset(args.dataset)  # every configuration trains on the same arrays: loaded once
     lead = comm.rank == 0
     probe = overlap_probe(comm, repeats=2 if args.quick else 7) if comm.size > 1 else None
     results = []
@@ -150,7 +148,7 @@ def main(argv=None):
             cfg = parse_config(["--model", "mlp", "--hidden", hidden, "--dataset", args.dataset,
                                 "--batch-size", str(64 * comm.size), "--max-steps", "100000",
                                 "--optimizer", "adam", "--lr", "1e-3", *OPTIONS[name]])
-            trainers[name] = Trainer.from_config(cfg, comm)
+            trainers[name] = Trainer.from_config(cfg, comm, data=data)
         os.environ.pop("MPIDL_RANKS_PER_NODE", None)
         any_trainer = next(iter(trainers.values()))
         nbytes = any_trainer.store.grad.nbytes

@@ -23,7 +23,8 @@ from torch import nn
 
 from mpidl.cli import parse_config
 from mpidl.data import ShardedSampler, load_dataset
-from mpidl.models import build_model
+from mpidl.models import Model, build_model
+from mpidl.ops.conv import pair
 
 
 def launcher_rank_size() -> tuple[int, int]:
@@ -32,10 +33,6 @@ def launcher_rank_size() -> tuple[int, int]:
         if r in os.environ and s in os.environ:
             return int(os.environ[r]), int(os.environ[s])
     return 0, 1
-
-
-def _pair(v):
-    return tuple(v) if isinstance(v, (tuple, list)) else (v, v)
 
 
 def torch_twin(model: Model) -> nn.Sequential:
@@ -48,8 +45,8 @@ def torch_twin(model: Model) -> nn.Sequential:
             m = nn.Linear(in_f, out_f, bias=layer.b is not None)
         elif kind in ("Conv2d", "Conv2dPoolReLU"):
             out_c, in_c, kh, kw = layer.W.shape
-            m = nn.Conv2d(in_c, out_c, (kh, kw), stride=_pair(layer.stride), padding=_pair(layer.padding),
-                          dilation=_pair(getattr(layer, "dilation", 1)), bias=layer.b is not None)
+            m = nn.Conv2d(in_c, out_c, (kh, kw), stride=pair(layer.stride), padding=pair(layer.padding),
+                          dilation=pair(getattr(layer, "dilation", 1)), bias=layer.b is not None)
         elif kind == "MaxPool2d":  # mpidl may fuse the following ReLU into the pool
             m = nn.MaxPool2d(layer.kernel, layer.stride)
             if getattr(layer, "relu", False):

@@ -28,10 +28,10 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from mpidl.nn import Conv2d, Conv2dPoolReLU  # noqa: E402
 from mpidl.nn import Linear  # noqa: E402
-from mpidl.models import Model  # noqa: E402
+from mpidl.models import build_model  # noqa: E402
 from mpidl.optim import SGD  # noqa: E402
 
-CASES = [  # (label, model, sample shape, batch, mlp hidden sizes)
+CASES = [  # (label, model, sample shape, batch)
     ("mlp 784-64-64-10, batch 64", "mlp", (1, 28, 28), 64),
     ("mlp 784-64-64-10, batch 256", "mlp", (1, 28, 28), 256),
     ("cnn 28x28x1, batch 64", "cnn", (1, 28, 28), 64),
@@ -92,13 +92,13 @@ def make_steps(name, shape, batch):
     y = rng.integers(0, 10, batch)
 
     model = build_model(name, shape, 10, {"hidden": (64, 64)}, dtype=np.float32, seed=0)
-    opt = SGD(model.store.data, momentum=MOMENTUM)
+    opt = SGD(model, momentum=MOMENTUM, lr=LR)
 
     model.store.zero_grad()
 
-    def mpidl_step():  # as the trainer runs it: the update leaves the gradients zeroed
-        model.train_step_grads(x, y)
-        opt.step(model.store.data, model.store.grad, LR, zero_grad=True)
+    def mpidl_step():  # the kernels as the trainer runs them: the update leaves the gradients zeroed
+        model.loss_and_backward(x, y)
+        opt.step(model.store.data, model.store.grad, zero_grad=True)
         model.store.mark_grads_zero()
 
     tx, ty = torch.from_numpy(x), torch.from_numpy(y)

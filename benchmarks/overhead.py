@@ -60,7 +60,7 @@ def main(argv=None):
             step = next(steps)
         x, y = trainer.prepare_batch(step)
         trainer.store.zero_grad()
-        trainer.model.train_step_grads(x, y, weight=step.weight * trainer.sync.grad_scale)
+        trainer.model.loss_and_backward(x, y, step.weight)  # times the 1/ranks loss scale, as in training
         bare[...] = grad  # the same values: a sum's speed can depend on them (subnormals)
         if i % 2:
             a, b = time_ours(), time_bare()

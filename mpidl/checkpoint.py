@@ -29,6 +29,7 @@ import numpy as np
 
 from mpidl.config import parse_every
 from mpidl.errors import CheckpointError
+from mpidl.init import DATA_STREAM, MODEL_STREAM
 from mpidl.params import ParamStore
 
 
@@ -293,8 +294,8 @@ def restore_checkpoint(trainer, arrays: dict | None) -> dict:
         trainer.data_rng.bit_generator.state = rngs[comm.rank]["data"]
     else:  # a rank the interrupted run did not have: a fresh stream that no earlier rank used
         seed, step = trainer.cfg.seed, meta["global_step"]
-        trainer.model_rng.bit_generator.state = np.random.default_rng([seed, comm.rank, 1, step]).bit_generator.state
-        trainer.data_rng.bit_generator.state = np.random.default_rng([seed, comm.rank, 2, step]).bit_generator.state
+        trainer.model_rng.bit_generator.state = np.random.default_rng([seed, comm.rank, MODEL_STREAM, step]).bit_generator.state
+        trainer.data_rng.bit_generator.state = np.random.default_rng([seed, comm.rank, DATA_STREAM, step]).bit_generator.state
 
     # Throughput counters (samples_seen, train_time) stay per session: they measure this run.
     trainer.resume_from(meta["global_step"], meta["epoch"], meta["step_in_epoch"], epoch_loss)

@@ -7,6 +7,10 @@ from __future__ import annotations
 
 import numpy as np
 
+# Per-rank random streams, seeded [run seed, rank, stream]: dropout masks and noise (MODEL),
+# augmentation (DATA). The trainer and the checkpoints use these ids.
+MODEL_STREAM, DATA_STREAM = 1, 2
+
 
 def _fans(shape) -> tuple[int, int]:
     receptive = int(np.prod(shape[2:])) if len(shape) > 2 else 1

@@ -30,14 +30,13 @@ from mpidl.data import Dataset, ShardedSampler, as_dataset, eval_shard, load_dat
 from mpidl.data.cache import default_cache_dir, npy_cache
 from mpidl.data.prefetch import InlineBatches, Prefetcher
 from mpidl.errors import ConfigError, UserError
+from mpidl.init import DATA_STREAM, MODEL_STREAM
 from mpidl.models.base import DEFAULT_LOSS, Model, build_model
 from mpidl.optim import Schedule, make_optimizer
 from mpidl.parallel.guard import StopSignal, agreed, start_watchdog
 from mpidl.parallel.sync import DistributedOptimizer, broadcast_and_verify
 from mpidl.timing import LOADER_THREAD, PHASES, StepClock, gather_summary, write_timeline
 
-# Per-rank random streams, seeded [seed, rank, stream]: dropout masks and noise, augmentation.
-MODEL_STREAM, DATA_STREAM = 1, 2
 
 
 @dataclass
@@ -78,12 +77,14 @@ class Trainer:
         agreed(comm, build)
 
     @classmethod
-    def from_config(cls, cfg: RunConfig, comm, hooks=()) -> "Trainer":
-        """Dataset and model by name, as the command line builds them."""
+    def from_config(cls, cfg: RunConfig, comm, hooks=(), data: Dataset | None = None) -> "Trainer":
+        """Dataset and model by name, as the command line builds them (`data`: an already
+        loaded dataset instead of cfg.dataset)."""
         self = cls.__new__(cls)
-        cache_dir = default_cache_dir() if cfg.cache_dir is None else cfg.cache_dir
-        with npy_cache(None if cache_dir.lower() == "none" else cache_dir, comm):
-            data = load_dataset(cfg.dataset, cfg.data_dir)
+        if data is None:
+            cache_dir = default_cache_dir() if cfg.cache_dir is None else cfg.cache_dir
+            with npy_cache(None if cache_dir.lower() == "none" else cache_dir, comm):
+                data = load_dataset(cfg.dataset, cfg.data_dir)
         model = build_model(cfg.model, data.sample_shape, data.num_classes, cfg.model_options(),
                             dtype=cfg.dtype, seed=cfg.seed, loss=cfg.loss, task=data.task)
         self._setup(cfg, comm, model, data, hooks)
@@ -136,7 +137,9 @@ class Trainer:
                                          broadcast=False)
         self.sync = self.dopt.sync
         self.optimizer_state_bytes = self.dopt.state_bytes()
-        self.hooks = list(hooks)
+        # Hooks: objects with on_step(trainer) and/or on_epoch(trainer, metrics), called in
+        # this order after every step / epoch; fit() adds the Reporter and the Checkpointer.
+        self.hooks = ([ReplicaCheck(cfg.check_every, cfg.on_drift)] if cfg.check_every else []) + list(hooks)
         self.global_step = 0
         self.samples_seen = 0
         self.train_time = 0.0
@@ -219,16 +222,15 @@ class Trainer:
         clock.end_step()
         self.global_step += 1
         self.samples_seen += step.global_count
-        if self.cfg.check_every and self.global_step % self.cfg.check_every == 0:
-            self.check_replicas()
         return loss_sum if math.isfinite(loss_sum) else 0.0
 
-    def check_replicas(self) -> bool:
+    def check_replicas(self, on_drift: str | None = None) -> bool:
         """Compare a 53-bit hash of the weights across ranks; repair from rank 0 or halt (--on-drift)."""
         self.dopt.where = f"step {self.global_step}"
-        ok = self.dopt.check_replicas(self.cfg.on_drift)
+        ok = self.dopt.check_replicas(on_drift or self.cfg.on_drift)
         self.drift_repairs += not ok
         return ok
+
 
     # -- evaluation ----------------------------------------------------------------
     def evaluate(self) -> tuple[float, float | None]:
@@ -406,3 +408,15 @@ def _prepare_out_dir(out: str) -> str:
     except OSError as exc:
         raise UserError(f"--out {out}: cannot write there ({exc.strerror or exc})")
     return out
+
+
+class ReplicaCheck:
+    """Hook: every `every` steps, check that the replicas still hold the same weights
+    (--check-every, --on-drift)."""
+
+    def __init__(self, every: int, on_drift: str = "repair"):
+        self.every, self.on_drift = every, on_drift
+
+    def on_step(self, trainer) -> None:
+        if trainer.global_step % self.every == 0:
+            trainer.check_replicas(self.on_drift)

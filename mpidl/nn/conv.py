@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from mpidl.nn.base import Module
 from mpidl.ops import pool
-from mpidl.ops.conv import _pair, conv2d_backward, conv2d_forward
+from mpidl.ops.conv import pair, conv2d_backward, conv2d_forward
 from mpidl.ops.convpool import conv2d_pool_relu_backward, conv2d_pool_relu_forward
 from mpidl.ops.scratch import Scratch
 
@@ -12,10 +12,10 @@ from mpidl.ops.scratch import Scratch
 class Conv2d(Module):
     def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0, dilation=1,
                  bias: bool = True, init="he"):
-        kh, kw = _pair(kernel_size)
+        kh, kw = pair(kernel_size)
         self.W = self.param("weight", (out_channels, in_channels, kh, kw), init)
         self.b = self.param("bias", (out_channels,), "zeros", decay=False) if bias else None
-        self.stride, self.padding, self.dilation = _pair(stride), _pair(padding), _pair(dilation)
+        self.stride, self.padding, self.dilation = pair(stride), pair(padding), pair(dilation)
         self.need_input_grad = True  # the Model turns this off for the first layer
         self._cache = None
         self._scratch = Scratch()    # working arrays reused from step to step

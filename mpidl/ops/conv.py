@@ -31,7 +31,7 @@ FEW_CHANNELS = 8
 CHUNK_ROWS = 2048
 
 
-def _pair(v) -> tuple[int, int]:
+def pair(v) -> tuple[int, int]:
     return (int(v), int(v)) if np.isscalar(v) else (int(v[0]), int(v[1]))
 
 
@@ -45,13 +45,13 @@ def _window_slices(k_index, dilation, stride, n_out):
     return slice(start, start + stride * (n_out - 1) + 1, stride)
 
 
-def _sample_spans(N, rows_per_sample, chunk_rows=None):
+def sample_spans(N, rows_per_sample, chunk_rows=None):
     """[lo, hi) sample ranges of about chunk_rows (default CHUNK_ROWS) patch rows each."""
     step = max(1, (CHUNK_ROWS if chunk_rows is None else chunk_rows) // rows_per_sample)
     return [(lo, min(N, lo + step)) for lo in range(0, N, step)]
 
 
-def _patch_buffer(rows, K, ones, dtype, scratch=FRESH):
+def patch_buffer(rows, K, ones, dtype, scratch=FRESH):
     """Scratch for one chunk of patches; with ``ones`` a last column of ones carries the bias."""
     buf = scratch.empty("patches", (rows, K + ones), dtype)
     if ones:
@@ -65,7 +65,7 @@ def conv_geometry(what, x_shape, W_shape, stride, padding, dilation):
     F, Cw, kh, kw = W_shape
     if C != Cw:
         raise ValueError(f"{what}: input has {C} channels, weight expects {Cw}")
-    (sh, sw), (ph, pw), (dh, dw) = _pair(stride), _pair(padding), _pair(dilation)
+    (sh, sw), (ph, pw), (dh, dw) = pair(stride), pair(padding), pair(dilation)
     Ho, Wo = output_size(H, kh, sh, ph, dh), output_size(Wd, kw, sw, pw, dw)
     if Ho < 1 or Wo < 1:
         raise ValueError(f"{what}: kernel {kh}x{kw} does not fit the padded {H}x{Wd} input")
@@ -137,8 +137,8 @@ def conv2d_forward(x, W, b=None, stride=1, padding=0, dilation=1, keep_cols=True
         # straight into its GEMM; backward gathers them again from the padded input.
         patches = channels_last_patches(x, (kh, kw), (sh, sw), (ph, pw), (dh, dw), (Ho, Wo), scratch)
         W_T = with_bias(W.transpose(0, 2, 3, 1).reshape(F, K), b).T  # small copy, same (p, q, c) order
-        spans = _sample_spans(N, Ho * Wo)
-        buf = _patch_buffer((spans[0][1] - spans[0][0]) * Ho * Wo, K, ones, x.dtype, scratch)
+        spans = sample_spans(N, Ho * Wo)
+        buf = patch_buffer((spans[0][1] - spans[0][0]) * Ho * Wo, K, ones, x.dtype, scratch)
         out = np.empty((N * Ho * Wo, F), dtype=np.result_type(x.dtype, W.dtype))
         for lo, hi in spans:
             rows = (hi - lo) * Ho * Wo
@@ -188,8 +188,8 @@ def backward_by_chunks(dy_rows, cache, need_dx, need_db, dtype, scratch=FRESH):
     N, C, H, Wd = x_shape
     F, _, kh, kw = W.shape
     K = C * kh * kw
-    spans = _sample_spans(N, Ho * Wo)
-    buf = _patch_buffer((spans[0][1] - spans[0][0]) * Ho * Wo, K, ones, source.dtype, scratch)
+    spans = sample_spans(N, Ho * Wo)
+    buf = patch_buffer((spans[0][1] - spans[0][0]) * Ho * Wo, K, ones, source.dtype, scratch)
     grads = np.zeros((F, K + ones), dtype=dtype)
     part = np.empty_like(grads)
     db = np.zeros(F, dtype=dtype) if need_db and not ones else None

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from mpidl.ops.conv import (FEW_CHANNELS, InputGrad, _patch_buffer, _sample_spans, backward_by_chunks,
+from mpidl.ops.conv import (FEW_CHANNELS, InputGrad, patch_buffer, sample_spans, backward_by_chunks,
                             channels_last_patches, column_sums, conv_geometry, few_channel_windows, with_bias)
 from mpidl.ops.scratch import FRESH
 
@@ -41,7 +41,7 @@ def conv2d_pool_relu_forward(x, W, b=None, stride=1, padding=0, dilation=1, keep
     dtype = np.result_type(x.dtype, W.dtype)
     conv_hw = (2 * Hp, 2 * Wp)   # the part of the convolution output the pooling reads
     few = C < FEW_CHANNELS
-    spans = _sample_spans(N, rows_per_sample, FEW_CHANNEL_CHUNK_ROWS if few else None)
+    spans = sample_spans(N, rows_per_sample, FEW_CHANNEL_CHUNK_ROWS if few else None)
     chunk = spans[0][1] - spans[0][0]
     if few:
         # As in conv2d: the whole transposed patch matrix, gathered along image rows, kept for backward.
@@ -60,7 +60,7 @@ def conv2d_pool_relu_forward(x, W, b=None, stride=1, padding=0, dilation=1, keep
         plain = channels_last_patches(x, (kh, kw), s, p, d, conv_hw, scratch)      # (N, Ho, Wo, kh, kw, C)
         by_window = plain.reshape(N, Hp, 2, Wp, 2, kh, kw, C).transpose(0, 2, 4, 1, 3, 5, 6, 7)
         W_T = with_bias(W.transpose(0, 2, 3, 1).reshape(F, K), b).T
-        buf = _patch_buffer(chunk * rows_per_sample, K, ones, x.dtype, scratch)
+        buf = patch_buffer(chunk * rows_per_sample, K, ones, x.dtype, scratch)
 
         def patches(lo, hi):
             rows = (hi - lo) * rows_per_sample
@@ -139,7 +139,7 @@ def conv2d_pool_relu_backward(dy, cache, need_dx=True, need_db=True, scratch=FRE
     rows_per_sample = 4 * Hp * Wp
     if C >= FEW_CHANNELS:
         # Plain (n, i, j) row order, as conv2d's own backward gathers the patches.
-        chunk = _sample_spans(N, rows_per_sample)[0][1]
+        chunk = sample_spans(N, rows_per_sample)[0][1]
         dconv = scratch.empty("dconv", (chunk, Hp, 2, Wp, 2, F), dtype)
         hit = scratch.empty("hit", (chunk, Hp, Wp, F), bool)
 
@@ -150,7 +150,7 @@ def conv2d_pool_relu_backward(dy, cache, need_dx=True, need_db=True, scratch=FRE
         conv_cache = (source, ones, W, x_shape, s, p, d, (Ho, Wo))
         return backward_by_chunks(dy_rows, conv_cache, need_dx, need_db, dtype, scratch)
     # Few channels: the kept patch matrix is in window order, so the gradient chunks are too.
-    spans = _sample_spans(N, rows_per_sample, FEW_CHANNEL_CHUNK_ROWS)
+    spans = sample_spans(N, rows_per_sample, FEW_CHANNEL_CHUNK_ROWS)
     chunk = spans[0][1]
     dconv = scratch.empty("dconv", (chunk, 2, 2, Hp, Wp, F), dtype)
     hit = scratch.empty("hit", (chunk, Hp, Wp, F), bool)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from mpidl.ops.conv import _pair, output_size
+from mpidl.ops.conv import pair, output_size
 
 
 def _offset_view(x, p, q, stride, out_hw):
@@ -19,8 +19,8 @@ def _offset_view(x, p, q, stride, out_hw):
 
 
 def _geometry(x, kernel, stride):
-    kh, kw = _pair(kernel)
-    sh, sw = _pair(kernel if stride is None else stride)
+    kh, kw = pair(kernel)
+    sh, sw = pair(kernel if stride is None else stride)
     Ho, Wo = output_size(x.shape[2], kh, sh, 0, 1), output_size(x.shape[3], kw, sw, 0, 1)
     if Ho < 1 or Wo < 1:
         raise ValueError(f"pool: window {kh}x{kw} larger than the {x.shape[2]}x{x.shape[3]} input")
