@@ -2,7 +2,7 @@
 
 tests/mpi/ holds tests that run inside an MPI world; the plain pytest run does not
 collect them itself but starts them under mpiexec with 1, 2 and 4 ranks
-(tests/test_mpi_suites.py), so one `pytest` command runs everything.
+(tests/e2e/test_mpi_suites.py), so one `pytest` command runs everything.
 """
 
 import os
@@ -17,7 +17,7 @@ def pytest_configure(config):
 
 
 def pytest_sessionfinish(session, exitstatus):
-    # Under tests/test_mpi_suites.py each rank leaves its own result in a file: the ranks'
+    # Under tests/e2e/test_mpi_suites.py each rank leaves its own result in a file: the ranks'
     # printed summaries share one output stream and may interleave mid-line.
     folder = os.environ.get("MPIDL_SUITE_RESULTS")
     if folder:

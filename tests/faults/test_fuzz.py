@@ -87,7 +87,7 @@ def test_config_loader_random_text(tmp_path_factory, text):
 def test_uneven_data_epochs_end_together(n, size, batch, drop_last, epoch):
     """For every data set length and rank count, all ranks take the same steps in an epoch."""
     if batch > n or batch < size:
-        return  # rejected up front with a clear error (tests/test_cli.py)
+        return  # rejected up front with a clear error (tests/e2e/test_cli.py)
     steps = [list(ShardedSampler(n, batch, r, size, seed=7, drop_last=drop_last).epoch(epoch))
              for r in range(size)]
     assert len({len(s) for s in steps}) == 1 and len(steps[0]) >= 1

@@ -9,7 +9,7 @@ import pytest
 
 from support import REPO, run_mpi
 
-SCRIPT = os.path.join(REPO, "tests", "scripts", "faulty_train.py")
+SCRIPT = os.path.join(REPO, "tests", "helpers", "scripts", "faulty_train.py")
 BASE = ["--max-steps", "40", "--batch-size", "32", "--progress", "log"]
 
 

@@ -61,3 +61,11 @@ def test_bad_flags(argv, message):
 def test_flags_that_would_be_ignored_or_are_misspelled_are_refused(argv, message):
     with pytest.raises(ConfigError, match=message):
         parse_config(argv)
+
+
+@pytest.mark.parametrize("flags", [["--zero", "1", "--bucket-mb", "1"], ["--zero", "1", "--grad-compression", "fp16"],
+                                   ["--allreduce", "hierarchical", "--bucket-mb", "1"], ["--accumulate", "0"],
+                                   ["--bucket-mb", "-1"], ["--zero", "2"]])
+def test_unsupported_combinations_are_refused(flags):
+    with pytest.raises(ConfigError):
+        parse_config(flags)

@@ -103,7 +103,7 @@ def test_help_prints_once():
 
 def test_exception_on_one_rank_aborts_all_quickly():
     t0 = time.perf_counter()
-    proc = run_mpi(4, [os.path.join(REPO, "tests", "scripts", "raise_on_last_rank.py")], timeout=60)
+    proc = run_mpi(4, [os.path.join(REPO, "tests", "helpers", "scripts", "raise_on_last_rank.py")], timeout=60)
     elapsed = time.perf_counter() - t0
     assert proc.returncode != 0
     assert elapsed < 30, f"took {elapsed:.1f}s"

@@ -1,10 +1,13 @@
 """The trainer's step against the textbook loop written out by hand: zero the gradients,
 forward and backward, update. The trainer lets the optimizer zero the gradients on its way
-(no separate pass); the weights must come out identical, with and without micro-batches."""
+(no separate pass); the weights must come out identical, with and without micro-batches.
+An unknown setting is refused with a suggestion."""
 
 import numpy as np
 import pytest
 
+import mpidl
+from mpidl import nn
 from mpidl.parallel.comm import SerialComm
 from mpidl.cli import parse_config
 from mpidl.trainer import Trainer
@@ -30,3 +33,10 @@ def test_trainer_steps_equal_the_loop_written_out(extra):
         by_hand.optimizer.step(by_hand.store.data, by_hand.store.grad, by_hand.schedule(i))
     np.testing.assert_array_equal(trained.store.data, by_hand.store.data)
     assert not trained.store.grad.any()          # left zeroed by the last update
+
+
+def test_trainer_rejects_an_unknown_setting_with_a_suggestion():
+    x, y = np.zeros((8, 4)), np.zeros(8, dtype=int)
+    with pytest.raises(mpidl.ConfigError, match="did you mean batch_size"):
+        mpidl.Trainer(nn.Linear(4, 2), train=(x, y), epochs=1, batch_sise=4,
+                      comm=mpidl.parallel.comm.SerialComm())

@@ -220,55 +220,6 @@ def test_batchnorm_layer_matches_pytorch_in_training_and_evaluation(shape, dtype
     assert_close(layer.forward(x, train=False), ref(torch.tensor(x)), dtype, "evaluation output")
 
 
-def test_dropout_layer_masks_from_rank_stream_and_is_off_in_evaluation():
-    from mpidl.nn import Dropout
-    x = np.ones((200, 50), dtype=np.float32)
-    layer = Dropout(0.25, np.random.default_rng(0))
-    y = layer.forward(x, train=True)
-    assert y.dtype == np.float32
-    kept = y != 0
-    assert 0.72 < kept.mean() < 0.78                       # about 1 - p kept
-    np.testing.assert_allclose(y[kept], 1 / 0.75)          # inverted: survivors scaled by 1/(1-p)
-    np.testing.assert_array_equal(layer.backward(np.ones_like(x)), y)
-    again = Dropout(0.25, np.random.default_rng(0)).forward(x, train=True)
-    np.testing.assert_array_equal(again, y)                # same seed, same mask
-    other = Dropout(0.25, np.random.default_rng(1)).forward(x, train=True)
-    assert (other != y).any()                              # another rank's stream differs
-    assert layer.forward(x, train=False) is x
-
-
-def test_conv_layer_honours_need_input_grad_and_accumulates():
-    from mpidl.nn import Conv2d
-    from mpidl.params import ParamStore
-    conv = Conv2d(3, 4, 3, padding=1)
-    store = ParamStore(conv)
-    store.allocate(np.float64)
-    x = np.random.default_rng(0).normal(size=(2, 3, 5, 5))
-    dy = np.ones((2, 4, 5, 5))
-    conv.forward(x)
-    assert conv.backward(dy).shape == x.shape
-    once = store.grad.copy()
-    conv.need_input_grad = False
-    conv.forward(x)
-    assert conv.backward(dy) is None
-    np.testing.assert_allclose(store.grad, 2 * once)       # backward adds into the grad views
-
-
-@pytest.mark.parametrize("name,shape,fc_in", [("cnn", (1, 28, 28), 3136), ("cnn", (3, 32, 32), 4096),
-                                              ("lenet", (1, 28, 28), 400), ("lenet", (3, 32, 32), 400)])
-def test_conv_models_pick_their_variant_from_the_sample_shape(name, shape, fc_in):
-    from mpidl.models import build_model
-    model = build_model(name, shape, 10, dtype=np.float32, seed=0)
-    assert model.store.named()["fc1.weight"].shape[1] == fc_in
-    assert model.net.layers[0].need_input_grad is False    # the first conv skips its input gradient
-    x = np.random.default_rng(0).random((3, *shape), dtype=np.float32)
-    out = model.forward(x, train=False)
-    assert out.shape == (3, 10) and out.dtype == np.float32
-    model.store.zero_grad()
-    loss = model.train_step_grads(x, np.array([1, 2, 3]))
-    assert np.isfinite(loss) and np.abs(model.store.grad).sum() > 0
-
-
 @pytest.mark.parametrize("kernel,stride", [(2, None), (3, 2), ((2, 3), (1, 2))])
 @pytest.mark.parametrize("layout", ["nchw", "nhwc"])
 def test_maxpool_with_fused_relu_equals_pool_then_relu(kernel, stride, layout):
@@ -284,40 +235,6 @@ def test_maxpool_with_fused_relu_equals_pool_then_relu(kernel, stride, layout):
     dy = rng.normal(size=y.shape).astype(np.float32)
     expected = pool.maxpool2d_backward(dy * (y_ref > 0), cache_ref)
     np.testing.assert_array_equal(pool.maxpool2d_backward(dy, cache), expected)
-
-
-@pytest.mark.parametrize("name", ["cnn", "lenet"])
-def test_conv_builders_fuse_conv_pool_relu_and_match_the_unfused_network(name):
-    from mpidl.nn import Conv2d, Conv2dPoolReLU, MaxPool2d
-    from mpidl.nn import ReLU, Sequential
-    from mpidl.models import build_model
-    model = build_model(name, (1, 12, 12), 10, dtype=np.float64, seed=0)
-    fused = [layer for layer in model.net.layers if isinstance(layer, Conv2dPoolReLU)]
-    assert len(fused) == 2
-    # The same parameters in separate Conv2d, MaxPool2d and ReLU layers give the same outputs and gradients.
-    unfused = []
-    for layer in model.net.layers:
-        if isinstance(layer, Conv2dPoolReLU):
-            conv = Conv2d.__new__(Conv2d)
-            conv.__dict__.update(layer.__dict__)
-            conv._scratch = type(layer._scratch)()
-            unfused += [conv, MaxPool2d(2), ReLU()]
-        else:
-            unfused.append(layer)
-    reference = Sequential(*unfused)
-    rng = np.random.default_rng(12)
-    x = rng.normal(size=(5, 1, 12, 12))
-    x[:, :, :6, :6] = 0.5   # flat regions: ties in the pooling windows
-    for step in range(2):   # twice, so the second step runs on reused working arrays
-        out = model.net.forward(x + step)
-        dout = rng.normal(size=out.shape)
-        model.store.zero_grad()
-        model.net.backward(dout)
-        fused_grad = model.store.grad.copy()
-        np.testing.assert_allclose(reference.forward(x + step), out, rtol=1e-12, atol=1e-12)
-        model.store.zero_grad()
-        reference.backward(dout)
-        np.testing.assert_allclose(model.store.grad, fused_grad, rtol=1e-12, atol=1e-12)
 
 
 @pytest.mark.parametrize("chunk_rows", [1, 50, 10 ** 9])

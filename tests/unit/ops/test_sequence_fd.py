@@ -8,7 +8,6 @@ sum(grad * D) with (loss(a + hD) - loss(a - hD)) / 2h. Tolerance: 1e-6 relative.
 import numpy as np
 import pytest
 
-from mpidl.losses import gaussian_kl, multiclass_hinge
 from mpidl.ops import attention as attn
 from mpidl.ops import recurrent as rec
 from mpidl.ops.embedding import embedding_backward, embedding_forward
@@ -155,24 +154,3 @@ def test_multi_head_self_attention(causal):
         x2 = inputs["x"].copy()
         x2[:, 1:] += 1.0
         assert np.allclose(run(**dict(inputs, x=x2))[0][:, 0], y[:, 0])
-
-
-def test_hinge_loss():
-    rng = np.random.default_rng(8)
-    scores, labels = rng.standard_normal((7, 5)), rng.integers(0, 5, 7)
-    loss, dscores = multiclass_hinge(scores, labels)
-    # Weston-Watkins by its definition, one sample at a time.
-    expected = np.mean([sum(max(0.0, 1 + s[j] - s[y]) for j in range(5) if j != y)
-                        for s, y in zip(scores, labels)])
-    assert np.isclose(loss, expected)
-    directional_check(lambda scores: multiclass_hinge(scores, labels)[0], dict(scores=scores),
-                      dict(scores=dscores), rng)
-
-
-def test_gaussian_kl():
-    rng = np.random.default_rng(9)
-    mu, logvar = rng.standard_normal((4, 3)), 0.5 * rng.standard_normal((4, 3))
-    loss, dmu, dlogvar = gaussian_kl(mu, logvar)
-    assert gaussian_kl(np.zeros((2, 3)), np.zeros((2, 3)))[0] == 0  # the prior itself
-    directional_check(lambda mu, logvar: gaussian_kl(mu, logvar)[0], dict(mu=mu, logvar=logvar),
-                      dict(mu=dmu, logvar=dlogvar), rng)

@@ -1,3 +1,6 @@
+"""The built-in digits, the IDX reader and data sets (mpidl.data.idx, mpidl.data.datasets): round
+trips, named errors for damaged or inconsistent files, non-finite inputs refused."""
+
 import gzip
 import struct
 
@@ -6,50 +9,7 @@ import pytest
 
 from mpidl.data.datasets import load_dataset, load_digits
 from mpidl.data.idx import parse_idx, read_idx
-from mpidl.data.loader import ShardedSampler, eval_shard
 from mpidl.errors import DataError
-
-
-@pytest.mark.parametrize("size", [1, 2, 3, 4, 7])
-@pytest.mark.parametrize("n,batch", [(100, 10), (101, 10), (9, 9), (50, 7), (13, 5)])
-@pytest.mark.parametrize("drop_last", [True, False])
-def test_every_rank_takes_the_same_number_of_steps_and_shares_cover_the_batch(size, n, batch, drop_last):
-    samplers = [ShardedSampler(n, batch, r, size, seed=3, drop_last=drop_last) for r in range(size)]
-    epochs = [list(s.epoch(1)) for s in samplers]
-    assert len({len(e) for e in epochs}) == 1
-    assert len(epochs[0]) == (n // batch if drop_last else -(-n // batch))
-    seen = []
-    for steps in zip(*epochs):
-        together = np.concatenate([s.indices for s in steps])
-        assert len(together) == steps[0].global_count == len(set(together.tolist()))
-        assert max(len(s.indices) for s in steps) - min(len(s.indices) for s in steps) <= 1
-        assert sum(s.weight for s in steps) == pytest.approx(size)
-        seen.extend(together.tolist())
-    assert len(seen) == len(set(seen))
-    if not drop_last:
-        assert sorted(seen) == list(range(n))
-
-
-def test_reshuffle_per_epoch_from_shared_seed():
-    a, b = ShardedSampler(100, 10, 0, 1, seed=1), ShardedSampler(100, 10, 0, 1, seed=1)
-    assert np.array_equal(a.order(0), b.order(0))
-    assert not np.array_equal(a.order(0), a.order(1))
-    assert not np.array_equal(a.order(0), ShardedSampler(100, 10, 0, 1, seed=2).order(0))
-
-
-def test_resume_mid_epoch_gives_the_remaining_steps():
-    s = ShardedSampler(100, 10, 1, 2, seed=0)
-    full = list(s.epoch(2))
-    rest = list(s.epoch(2, start=4))
-    assert [x.index for x in rest] == list(range(4, 10))
-    assert all(np.array_equal(a.indices, b.indices) for a, b in zip(full[4:], rest))
-
-
-@pytest.mark.parametrize("size", [1, 2, 3, 4, 5])
-@pytest.mark.parametrize("n", [1, 3, 10, 360])
-def test_eval_shards_cover_each_sample_once(size, n):
-    parts = [eval_shard(n, r, size) for r in range(size)]
-    assert sorted(np.concatenate(parts).tolist()) == list(range(n))
 
 
 def test_builtin_digits():

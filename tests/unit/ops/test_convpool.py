@@ -1,6 +1,6 @@
 """The fused convolution + 2x2 max-pooling + ReLU kernel (mpidl.ops.convpool): backward
 against central finite differences in float64, everything against PyTorch's
-relu(max_pool2d(conv2d(x))) in float32 and float64 (tolerances as in test_conv_kernels),
+relu(max_pool2d(conv2d(x))) in float32 and float64 (tolerances as in test_conv.py),
 ties resolved as PyTorch does, any chunk size, and reused working arrays."""
 
 import numpy as np
@@ -12,7 +12,7 @@ from mpidl.ops.conv import FEW_CHANNELS, output_size
 from mpidl.ops.convpool import conv2d_pool_relu_backward, conv2d_pool_relu_forward
 from mpidl.ops.scratch import Scratch
 
-from test_conv_kernels import assert_close, channels_last, directional_check
+from .test_conv import assert_close, channels_last, directional_check
 
 
 def random_case(seed):
