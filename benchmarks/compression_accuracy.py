@@ -16,8 +16,8 @@ import subprocess
 import sys
 import tempfile
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests"))
-from support import child_env, mpiexec  # noqa: E402
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from common import child_env, mpiexec  # noqa: E402  (benchmarks import nothing from tests/)
 
 
 def main(argv=None):
@@ -38,7 +38,7 @@ def main(argv=None):
                        "--progress", "none", "--out", out, *args.extra.split()]
                 if args.epochs:
                     cmd += ["--epochs", str(args.epochs)]
-                subprocess.run(cmd, check=True, capture_output=True, env=child_env())
+                subprocess.run(cmd, check=True, capture_output=True, env=child_env(args.ranks))
                 with open(os.path.join(out, "summary.json")) as f:
                     s = json.load(f)
                 rows.append((seed, codec, s["val_accuracy"], s["val_loss"], s["samples_per_sec"]))

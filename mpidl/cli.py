@@ -204,6 +204,8 @@ def main(argv=None) -> int:
     except UserError as exc:  # the same verdict on every rank, no collective needed
         if getattr(exc, "report", True):
             _fail(str(exc))
+        else:  # srun --kill-on-bad-exit ends all tasks at the first exit: let the one that prints go first
+            time.sleep(0.5)
         return EXIT_USAGE
     lead = comm.rank == 0
     try:

@@ -26,3 +26,20 @@ def test_a_user_error_in_a_script_is_one_line_and_exit_2(tmp_path):
     assert proc.returncode == 2, proc.stdout + proc.stderr
     errors = [line for line in proc.stderr.splitlines() if "error" in line]
     assert errors == ["mpidl: error: Trainer: unknown setting 'batch_sise'; did you mean batch_size?"], proc.stderr
+
+
+def test_world_gives_each_rank_its_share_of_the_cores(tmp_path):
+    """A script under mpirun gets what the command line gets: BLAS threads = cores / ranks."""
+    script = tmp_path / "threads.py"
+    script.write_text("import os, mpidl\nfrom threadpoolctl import threadpool_info\ncomm = mpidl.world()\n"
+                      "n = max(i['num_threads'] for i in threadpool_info() if i['user_api'] == 'blas')\n"
+                      "print(f'rank {comm.rank} blas {n} cores {len(os.sched_getaffinity(0))} size {comm.size}')\n")
+    env = __import__("support").child_env()
+    env.pop("OMP_NUM_THREADS", None)  # what a user's shell has: nothing set
+    proc = run_mpi(2, [str(script)], timeout=120, env=env)
+    assert proc.returncode == 0, proc.stderr
+    lines = sorted(line for line in proc.stdout.splitlines() if line.startswith("rank"))
+    assert len(lines) == 2, proc.stdout
+    for line in lines:
+        _, _, _, blas, _, cores, _, size = line.split()
+        assert int(blas) == max(1, int(cores) // int(size)), line
