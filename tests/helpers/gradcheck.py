@@ -32,3 +32,18 @@ def layer_check(layer, x, rng, params=(), eps=1e-6, rtol=1e-6, atol=1e-9):
 
     inputs = ([] if dx is None else [x]) + [p.data.copy() for p in params]
     directional_check(f, grads, inputs, rng, eps=eps, rtol=rtol, atol=atol)
+
+
+REL_TOL = 1e-6
+H = 1e-6
+
+
+def named_directional_check(forward, inputs, grads, rng):
+    """forward(**inputs) -> y; grads: name -> analytic d(sum(y*R))/d input, computed with the same R."""
+    for name, g in grads.items():
+        d = rng.standard_normal(inputs[name].shape)
+        plus = dict(inputs, **{name: inputs[name] + H * d})
+        minus = dict(inputs, **{name: inputs[name] - H * d})
+        numeric = (forward(**plus) - forward(**minus)) / (2 * H)
+        analytic = float((g * d).sum())
+        assert abs(numeric - analytic) <= REL_TOL * max(1.0, abs(analytic)), (name, numeric, analytic)

@@ -14,19 +14,7 @@ def rng():
     return np.random.default_rng(12345)
 
 
-REL_TOL = 1e-6
-H = 1e-6
-
-
-def directional_check(forward, inputs, grads, rng):
-    """forward(**inputs) -> y; grads: name -> analytic d(sum(y*R))/d input, computed with the same R."""
-    for name, g in grads.items():
-        d = rng.standard_normal(inputs[name].shape)
-        plus = dict(inputs, **{name: inputs[name] + H * d})
-        minus = dict(inputs, **{name: inputs[name] - H * d})
-        numeric = (forward(**plus) - forward(**minus)) / (2 * H)
-        analytic = float((g * d).sum())
-        assert abs(numeric - analytic) <= REL_TOL * max(1.0, abs(analytic)), (name, numeric, analytic)
+from gradcheck import REL_TOL, named_directional_check as directional_check  # noqa: E402
 
 
 def _loss_check(loss_fn, out, target, rng):

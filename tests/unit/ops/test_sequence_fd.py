@@ -15,19 +15,7 @@ from mpidl.ops.gelu import gelu_backward, gelu_forward
 from mpidl.ops.layernorm import layernorm_backward, layernorm_forward
 from mpidl.ops.positional import add_positions_backward, add_positions_forward, sinusoidal_table
 
-REL_TOL = 1e-6
-H = 1e-6
-
-
-def directional_check(forward, inputs, grads, rng):
-    """forward(**inputs) -> y; grads: name -> analytic d(sum(y*R))/d input, computed with the same R."""
-    for name, g in grads.items():
-        d = rng.standard_normal(inputs[name].shape)
-        plus = dict(inputs, **{name: inputs[name] + H * d})
-        minus = dict(inputs, **{name: inputs[name] - H * d})
-        numeric = (forward(**plus) - forward(**minus)) / (2 * H)
-        analytic = float((g * d).sum())
-        assert abs(numeric - analytic) <= REL_TOL * max(1.0, abs(analytic)), (name, numeric, analytic)
+from gradcheck import REL_TOL, named_directional_check as directional_check  # noqa: E402
 
 
 def _scalar(fn, r):
