@@ -192,6 +192,7 @@ def save_checkpoint(trainer, folder: str, keep_last: int = 0) -> str | None:
     """Collective: every rank contributes its random states; rank 0 writes the file and prunes
     old ones. Returns the path on rank 0, None elsewhere."""
     comm = trainer.comm
+    trainer.dopt.sync_buffers()  # every rank's running statistics count, not rank 0's alone
     rngs = _gather_json(comm, {"model": trainer.model_rng.bit_generator.state,
                                "data": trainer.data_rng.bit_generator.state})
     epoch_loss = np.array(trainer.epoch_loss, dtype=np.float64)

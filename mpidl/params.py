@@ -29,6 +29,9 @@ class Param:
     data: np.ndarray | None = field(default=None, repr=False)
     grad: np.ndarray | None = field(default=None, repr=False)
     decay: bool = True  # weight decay applies (False for biases and norm scales)
+    # A buffer is state that no optimiser moves (BatchNorm's running statistics): its
+    # gradient stays zero, and each rank may update it from its own data (see DistributedOptimizer).
+    buffer: bool = False
     # Set by ParamStore.zero_grad (and mark_grads_zero): the gradient is all zeros, so a layer's
     # first contribution may be written in place instead of added (see Linear.backward).
     grad_is_zero: bool = field(default=False, repr=False)
@@ -129,6 +132,14 @@ class ParamStore:
         for p in self.params:
             if p.decay:
                 mask[p.offset:p.offset + p.size] = 1
+        return mask
+
+    def buffer_mask(self) -> np.ndarray:
+        """True where the flat buffer holds buffers (running statistics), False at weights."""
+        mask = np.zeros(self.size, dtype=bool)
+        for p in self.params:
+            if p.buffer:
+                mask[p.offset:p.offset + p.size] = True
         return mask
 
     def layout(self) -> dict:

@@ -235,6 +235,7 @@ class Trainer:
     # -- evaluation ----------------------------------------------------------------
     def evaluate(self) -> tuple[float, float | None]:
         """Loss and accuracy over the whole validation set: every sample counted exactly once."""
+        self.dopt.sync_buffers()  # the same running statistics on every rank
         mine = eval_shard(len(self.data.x_val), self.comm.rank, self.comm.size)
         terms = self.model.term_names
         loss_sum, correct, count = 0, 1, 2   # positions in `sums`; the terms' sums follow

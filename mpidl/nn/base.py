@@ -46,6 +46,13 @@ class Module:
         init_fn = initializers.BY_NAME[init] if isinstance(init, str) else init
         return Param(name, tuple(int(s) for s in shape), init_fn, decay=decay)
 
+    def buffer(self, name: str, shape, init="zeros") -> Param:
+        """State saved with the weights that no optimiser moves (running statistics): it lives
+        in the flat buffer, so broadcasts and checkpoints carry it."""
+        p = self.param(name, shape, init, decay=False)
+        p.buffer = True
+        return p
+
     def forward(self, x, train: bool = True):
         raise NotImplementedError(f"{type(self).__name__}.forward")
 

@@ -16,9 +16,11 @@ class BatchNorm(Module):
     Allreduce of [sum, sum of squares, count] in forward and one of [sum dy, sum dy*xhat] in
     backward, so N ranks compute what one process would on the whole batch.
 
-    The running statistics live in the flat parameter buffer (decay=False, gradient always
-    zero, so no optimiser moves them): the start-up broadcast and checkpoints carry them.
-    Without synchronisation each rank updates them from its own slice.
+    The running statistics are buffers in the flat parameter buffer (gradient always zero, so
+    no optimiser moves them): the start-up broadcast and checkpoints carry them. Without
+    synchronisation each rank updates them from its own slice; they are then averaged over
+    the ranks before every evaluation and checkpoint (DistributedOptimizer.sync_buffers), and
+    the replica check leaves them out.
     """
 
     expected_ndim = None
@@ -27,8 +29,8 @@ class BatchNorm(Module):
     def __init__(self, num_features: int, eps: float = 1e-5, momentum: float = 0.1):
         self.gamma = self.param("weight", (num_features,), "ones", decay=False)
         self.beta = self.param("bias", (num_features,), "zeros", decay=False)
-        self.running_mean = self.param("running_mean", (num_features,), "zeros", decay=False)
-        self.running_var = self.param("running_var", (num_features,), "ones", decay=False)
+        self.running_mean = self.buffer("running_mean", (num_features,), "zeros")
+        self.running_var = self.buffer("running_var", (num_features,), "ones")
         self.eps, self.momentum = float(eps), float(momentum)
         self.num_features = num_features
         self.comm = None

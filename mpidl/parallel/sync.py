@@ -381,6 +381,9 @@ class DistributedOptimizer:
         self.where = ""             # the step, for messages (the trainer keeps it current)
         self.warn = warn if warn is not None else (print if self.comm.rank == 0 else (lambda *a, **k: None))
         self._zeroed = False        # the last update left the gradients zeroed
+        buffers = self.store.buffer_mask()
+        self._buffers = np.flatnonzero(buffers) if buffers.any() else None
+        self._weights = ~buffers if buffers.any() else None
         if broadcast:
             broadcast_and_verify(self.comm, model)
 
@@ -439,10 +442,24 @@ class DistributedOptimizer:
         self.warn(f"warning: non-finite loss or gradient{where}: update skipped "
                   f"({self.skipped_steps} so far)", flush=True)
 
+    def sync_buffers(self) -> None:
+        """Collective: average the buffers (running statistics of plain BatchNorm, which each
+        rank updates from its own slice) over the ranks, so that every replica evaluates and
+        saves the same model. Trainer calls it before each evaluation and checkpoint; a loop
+        of your own calls it before evaluating or saving."""
+        if self._buffers is None or self.comm.size == 1:
+            return
+        values = self.store.data[self._buffers]
+        self.comm.allreduce_sum_(values, what="Allreduce(buffers)")
+        values /= self.comm.size
+        self.store.data[self._buffers] = values
+
     def check_replicas(self, on_drift: str = "repair") -> bool:
-        """Compare a 53-bit hash of the weights across ranks with one small collective. On a
-        mismatch, repair from rank 0 (weights and optimiser state) or halt."""
-        digest = hashlib.blake2b(self.store.data.tobytes(), digest_size=8).digest()
+        """Compare a 53-bit hash of the weights (buffers left out: they may differ by design)
+        across ranks with one small collective. On a mismatch, repair from rank 0 (weights and
+        optimiser state) or halt."""
+        weights = self.store.data if self._weights is None else self.store.data[self._weights]
+        digest = hashlib.blake2b(weights.tobytes(), digest_size=8).digest()
         h = float(int.from_bytes(digest, "little") >> 11)  # 53 bits: exact in a float64
         lo, hi = self.comm.allreduce_min_max(np.array([h]))
         if lo[0] == hi[0]:

@@ -77,3 +77,23 @@ def test_factory_on_the_command_line_equals_one_process():
         runs.append(t.store.data.copy())
     assert _rel(*runs) <= REL_TOL
     assert runs[0].size == 64 * 24 + 24 + 24 * 10 + 10
+
+
+@pytest.mark.mpi
+def test_batchnorm_running_statistics_never_cry_drift_but_a_real_drift_is_caught():
+    comm = world()
+    train, val = _arrays()
+    net = nn.Sequential(nn.Flatten(), nn.Linear(64, 32), nn.BatchNorm1d(32), nn.ReLU(), nn.Linear(32, 10))
+    t = mpidl.Trainer(net, train=train, val=val, comm=comm, max_steps=30, check_every=5, progress="none",
+                      dtype="float64")
+    t.fit()
+    assert t.drift_repairs == 0
+    running = net[2].running_mean.data
+    lo, hi = comm.allreduce_min_max(running.copy())
+    np.testing.assert_array_equal(lo, hi)  # averaged over ranks at evaluation: one model everywhere
+    if comm.size > 1:
+        if comm.rank == comm.size - 1:
+            net[1].W.data[0, 0] += 1e-3
+        assert not t.check_replicas("repair") and t.drift_repairs == 1
+        lo, hi = comm.allreduce_min_max(t.store.data.copy())
+        np.testing.assert_array_equal(lo, hi)
