@@ -80,3 +80,16 @@ def read_json(path: str):
 def write_json(path: str, value) -> None:
     with open(path, "w") as f:
         json.dump(value, f, indent=2)
+
+
+def blas_kernel() -> str:
+    """Which BLAS this process runs and with which kernel (threadpoolctl), and the two
+    OpenBLAS variables that choose it: benchmarks report it beside their figures."""
+    import numpy  # noqa: F401  (loads the BLAS that threadpoolctl then finds)
+    from threadpoolctl import threadpool_info
+    blas = [i for i in threadpool_info() if i.get("user_api") == "blas"]
+    env = ", ".join(f"{v}={os.environ.get(v, 'unset')}" for v in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE"))
+    if not blas:
+        return f"no BLAS found by threadpoolctl ({env})"
+    b = blas[0]
+    return f"{b.get('internal_api')} {b.get('version')}, {b.get('architecture')} kernel ({env})"

@@ -3,6 +3,9 @@ mpidl's NumPy kernels against the same model in PyTorch eager, one process, one 
 
     pip install torch==2.13.0          # CPU build; never a runtime dependency of mpidl
     python benchmarks/kernels_vs_pytorch.py [--repeats 9] [--quick]
+    env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python benchmarks/kernels_vs_pytorch.py   # numpy's own kernel
+
+The BLAS kernel that ran (threadpoolctl) is printed and saved with the figures.
 
 Both frameworks run in the same process, alternating timed blocks so that a busy machine
 slows both alike; each figure is the median over the blocks. Also printed: the achieved
@@ -25,11 +28,13 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from mpidl.nn import Conv2d, Conv2dPoolReLU  # noqa: E402
 from mpidl.nn import Linear  # noqa: E402
-from mpidl.models import build_model  # noqa: E402
+from mpidl.models import Model, build_model  # noqa: E402
 from mpidl.optim import SGD  # noqa: E402
+from common import blas_kernel  # noqa: E402
 
 CASES = [  # (label, model, sample shape, batch)
     ("mlp 784-64-64-10, batch 64", "mlp", (1, 28, 28), 64),
@@ -140,7 +145,7 @@ def main(argv=None):
     torch.set_num_threads(1)
     threadpool_limits(1)
     gemm = gemm_gflops()
-    print(f"single-thread float32 GEMM (1024^3, NumPy/OpenBLAS): {gemm:.1f} GFLOP/s")
+    print(f"single-thread float32 GEMM (1024^3, NumPy/OpenBLAS): {gemm:.1f} GFLOP/s; BLAS: {blas_kernel()}")
     rows = []
     for label, name, shape, batch in [c for c in CASES if args.only in c[0]]:
         model, mpidl_step, torch_steps = make_steps(name, shape, batch)
@@ -181,7 +186,7 @@ def main(argv=None):
 
     meta = dict(numpy=np.__version__, torch=torch.__version__, python=platform.python_version(),
                 machine=platform.machine(), cpu_count=os.cpu_count(), load_average=os.getloadavg(),
-                gemm_gflops_1thread=gemm, time=time.strftime("%Y-%m-%d %H:%M:%S"))
+                gemm_gflops_1thread=gemm, blas=blas_kernel(), time=time.strftime("%Y-%m-%d %H:%M:%S"))
     os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, "kernels_vs_pytorch.json"), "w") as f:
         json.dump(dict(meta=meta, results=rows), f, indent=2)

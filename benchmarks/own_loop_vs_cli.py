@@ -14,7 +14,7 @@ import tempfile
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
-from common import child_env, run_ranks  # noqa: E402
+from common import run_ranks  # noqa: E402
 
 LOOP = r'''
 import json, sys, time

@@ -65,7 +65,6 @@ class _Parser(argparse.ArgumentParser):
 
 def _choices(f):
     from mpidl.data.datasets import LOADERS
-    from mpidl.models import MODELS
     c = f.metadata.get("choices")
     if c == "models":
         return None  # a built-in name or FILE.py:FUNCTION: checked when the model is built

@@ -15,7 +15,6 @@ the command line uses.
 from __future__ import annotations
 
 import itertools
-import json
 import math
 import os
 import sys
@@ -24,7 +23,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from mpidl import __version__
 from mpidl.config import RunConfig, library_config
 from mpidl.data import Dataset, ShardedSampler, as_dataset, eval_shard, load_dataset
 from mpidl.data.cache import default_cache_dir, npy_cache
@@ -72,6 +70,9 @@ class Trainer:
                 net = Model(net, cfg.loss or DEFAULT_LOSS.get(data.task, "cross_entropy"),
                             dtype=cfg.dtype, seed=cfg.seed)
             elif str(net.store.data.dtype) != cfg.dtype:
+                if "dtype" in settings:
+                    raise ConfigError(f"dtype={cfg.dtype}: the Model was built in {net.store.data.dtype}; "
+                                      "give dtype= to mpidl.Model instead")
                 cfg.dtype = str(net.store.data.dtype)
             self._setup(cfg, comm, net, data, hooks)
         agreed(comm, build)

@@ -95,8 +95,9 @@ class Communicator:
         return buf
 
     def allreduce_mean_(self, buf: np.ndarray) -> np.ndarray:
-        """In-place mean over ranks: one Allreduce of the whole buffer, then a division
-        (correctly rounded, unlike a multiply by a rounded 1/size)."""
+        """In-place mean over ranks: one Allreduce of the whole buffer, then a division by the
+        rank count. (The plain gradient path folds the 1/size into the loss gradient instead:
+        see mpidl.parallel.sync.DistributedOptimizer.)"""
         if self.size > 1:
             self.allreduce_sum_(buf, what="Allreduce(gradients)")
             buf /= self.size

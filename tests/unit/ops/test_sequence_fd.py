@@ -15,7 +15,7 @@ from mpidl.ops.gelu import gelu_backward, gelu_forward
 from mpidl.ops.layernorm import layernorm_backward, layernorm_forward
 from mpidl.ops.positional import add_positions_backward, add_positions_forward, sinusoidal_table
 
-from gradcheck import REL_TOL, named_directional_check as directional_check  # noqa: E402
+from gradcheck import named_directional_check as directional_check  # noqa: E402
 
 
 def _scalar(fn, r):
