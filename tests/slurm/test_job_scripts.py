@@ -82,6 +82,12 @@ def batch(slurm, workdir):
         "singletons": slurm.sbatch(os.path.join(JOBS, "train.sbatch"), ["--ntasks-per-node=2"],
                                    [*SMALL, "--epochs", "1"], cwd=workdir,
                                    **_job_env(workdir, MPIDL_SRUN_MPI="none")),
+        # your own model by its factory, and your own script in place of mpidl.train
+        "factory": slurm.sbatch(os.path.join(JOBS, "train.sbatch"), ["--ntasks-per-node=2"],
+                                ["--model", os.path.join(REPO, "examples", "my_models.py") + ":build",
+                                 "--epochs", "2"], cwd=workdir, **_job_env(workdir)),
+        "program": slurm.sbatch(os.path.join(JOBS, "train.sbatch"), ["--ntasks-per-node=2"], [], cwd=workdir,
+                                **_job_env(workdir, MPIDL_PROGRAM=os.path.join(REPO, "examples", "own_loop.py"))),
         "sweep": slurm.sbatch(os.path.join(JOBS, "sweep.sbatch"), ["--array=0-2", "--ntasks-per-node=1"],
                               [sweep_file, *SMALL, "--max-steps", "15"], cwd=workdir, **_job_env(workdir)),
     }
@@ -102,6 +108,21 @@ def test_train_script(slurm, workdir, batch, launcher, ranks):
         metrics = [json.loads(line) for line in f]
     assert [m["epoch"] for m in metrics] == [1, 2]
     assert metrics[-1]["val_accuracy"] > 0.5, metrics
+
+
+def test_your_own_model_and_your_own_script_run_as_jobs(slurm, workdir, batch):
+    job = batch["factory"]
+    (record,) = slurm.wait(job, timeout=150)
+    log = _log(workdir, f"mpidl-train-{job}.out")
+    assert record["JobState"] == "COMPLETED" and record["ExitCode"] == "0:0", log
+    summary = _summary(os.path.join(workdir, "runs", f"mpidl-train-{job}"))
+    assert summary["world_size"] == 2 and summary["val_accuracy"] > 0.5, log
+    job = batch["program"]
+    (record,) = slurm.wait(job, timeout=150)
+    log = _log(workdir, f"mpidl-train-{job}.out")
+    assert record["JobState"] == "COMPLETED" and record["ExitCode"] == "0:0", log
+    (accuracy,) = [float(line.split()[-1]) for line in log.splitlines() if line.startswith("own_loop:")]
+    assert accuracy > 0.9, log
 
 
 def test_guard_catches_one_rank_worlds(slurm, workdir, batch):
