@@ -281,7 +281,7 @@ class Trainer:
                     if self.stop_requested:
                         self.train_time += time.perf_counter() - t0
                         return history
-                self.comm.allreduce_sum_(loss_sum)
+                totals = self.comm.allreduce_sum_(loss_sum.copy())  # loss_sum stays this rank's (checkpoints)
                 elapsed = time.perf_counter() - t0
                 self.train_time += elapsed
                 e0 = time.perf_counter()
@@ -289,13 +289,16 @@ class Trainer:
                 self.clock.span("evaluate", e0, time.perf_counter())
                 metrics = EpochMetrics(
                     epoch=epoch + 1, step=self.global_step,
-                    train_loss=float(loss_sum[0] / max(loss_sum[1], 1)),
+                    train_loss=float(totals[0] / max(totals[1], 1)),
                     val_loss=float(val_loss), val_accuracy=None if val_acc is None else float(val_acc),
                     samples_per_sec=(self.samples_seen - seen0) / max(elapsed, 1e-9),
                     wall_time=time.perf_counter() - start_time,
                     lr=float(self.schedule(max(self.global_step - 1, 0))), val_terms=self.val_terms)
                 history.append(metrics)
-                self.epoch, self.step_in_epoch, self.epoch_loss = epoch + 1, 0, np.zeros(2)
+                if self.step_in_epoch == self.sampler.steps_per_epoch:
+                    self.epoch, self.step_in_epoch, self.epoch_loss = epoch + 1, 0, np.zeros(2)
+                # else the run ended inside this epoch (--max-steps): the position stays there,
+                # so that a resumed run with a larger target continues from exactly this sample.
                 for hook in epoch_hooks:
                     hook(self, metrics)
         finally:
@@ -315,6 +318,9 @@ class Trainer:
             self.out_dir = agreed(comm, lambda: _prepare_out_dir(cfg.out) if lead else None)
         if cfg.resume:
             self.resume()
+            if self.global_step >= self.total_steps and lead:
+                print(f"the run is already at step {self.global_step} of {self.total_steps}: nothing to "
+                      "train (give a larger --max-steps or --epochs to continue it)", flush=True)
         self.checkpointer = Checkpointer(cfg, StopSignal().install()) if cfg.checkpoint_dir else None
         if self.checkpointer is not None and cfg.resume:
             self.checkpointer.last_saved = self.checkpointer.position(self)  # no need to write it again

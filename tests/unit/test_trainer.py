@@ -40,3 +40,35 @@ def test_trainer_rejects_an_unknown_setting_with_a_suggestion():
     with pytest.raises(mpidl.ConfigError, match="did you mean batch_size"):
         mpidl.Trainer(nn.Linear(4, 2), train=(x, y), epochs=1, batch_sise=4,
                       comm=mpidl.parallel.comm.SerialComm())
+
+
+def test_a_run_that_ended_mid_epoch_resumes_to_a_larger_target_exactly(tmp_path):
+    """--max-steps 20 (inside epoch 1 of 22 steps), then --resume with --max-steps 40: the same
+    weights as 40 steps without interruption, and the checkpoint records the true position."""
+    from mpidl.checkpoint import meta_of, read_checkpoint
+    base = ["--model", "mlp", "--hidden", "16", "--dtype", "float64", "--progress", "none",
+            "--checkpoint-dir", str(tmp_path / "ck")]
+    first = Trainer.from_config(parse_config([*base, "--max-steps", "20"]), SerialComm())
+    first.fit()
+    meta = meta_of(read_checkpoint(str(tmp_path / "ck" / "ckpt-000000020.npz")))
+    assert (meta["epoch"], meta["step_in_epoch"]) == (0, 20)
+    resumed = Trainer.from_config(parse_config([*base, "--max-steps", "40", "--resume", "latest"]), SerialComm())
+    resumed.fit()
+    whole = Trainer.from_config(parse_config(["--model", "mlp", "--hidden", "16", "--dtype", "float64",
+                                              "--max-steps", "40"]), SerialComm())
+    whole.train()
+    assert resumed.global_step == 40
+    np.testing.assert_array_equal(resumed.store.data, whole.store.data)
+
+
+def test_resuming_a_finished_run_says_so_and_writes_strict_json(tmp_path, capsys):
+    import json
+    args = ["--model", "mlp", "--hidden", "16", "--max-steps", "10", "--progress", "none",
+            "--checkpoint-dir", str(tmp_path / "ck"), "--out", str(tmp_path / "out")]
+    Trainer.from_config(parse_config(args), SerialComm()).fit()
+    again = Trainer.from_config(parse_config([*args, "--resume", "latest"]), SerialComm())
+    again.fit()
+    assert "already at step 10 of 10: nothing to train" in capsys.readouterr().out
+    text = (tmp_path / "out" / "summary.json").read_text()
+    summary = json.loads(text, parse_constant=lambda c: pytest.fail(f"{c} in summary.json"))
+    assert summary["train_loss"] is None and summary["steps"] == 10
