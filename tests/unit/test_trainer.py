@@ -63,12 +63,13 @@ def test_a_run_that_ended_mid_epoch_resumes_to_a_larger_target_exactly(tmp_path)
 
 def test_resuming_a_finished_run_says_so_and_writes_strict_json(tmp_path, capsys):
     import json
-    args = ["--model", "mlp", "--hidden", "16", "--max-steps", "10", "--progress", "none",
+    # 22 steps: exactly one epoch of the digits, so the resumed run has no step and no epoch left
+    args = ["--model", "mlp", "--hidden", "16", "--max-steps", "22", "--progress", "none",
             "--checkpoint-dir", str(tmp_path / "ck"), "--out", str(tmp_path / "out")]
     Trainer.from_config(parse_config(args), SerialComm()).fit()
     again = Trainer.from_config(parse_config([*args, "--resume", "latest"]), SerialComm())
     again.fit()
-    assert "already at step 10 of 10: nothing to train" in capsys.readouterr().out
+    assert "already at step 22 of 22: nothing to train" in capsys.readouterr().out
     text = (tmp_path / "out" / "summary.json").read_text()
     summary = json.loads(text, parse_constant=lambda c: pytest.fail(f"{c} in summary.json"))
-    assert summary["train_loss"] is None and summary["steps"] == 10
+    assert summary["train_loss"] is None and summary["steps"] == 22
