@@ -23,21 +23,28 @@ def softmax_cross_entropy(logits, labels):
 
 
 def mse(pred, target):
-    """Squared error summed over outputs, mean over samples."""
+    """Squared error summed over outputs, mean over samples; the gradient has pred's dtype."""
     n = pred.shape[0]
-    diff = pred - target.reshape(pred.shape)
+    diff = pred - target.reshape(pred.shape).astype(pred.dtype, copy=False)
     loss = (diff * diff).sum() / max(n, 1)
     return float(loss), (2.0 / max(n, 1)) * diff
 
 
+LOG_FLOOR = -100.0  # log(p) and log(1-p) are clamped here, as PyTorch's BCELoss does
+
+
 def binary_cross_entropy(prob, target, eps=1e-12):
-    """BCE on probabilities (after a Sigmoid layer), summed over outputs, mean over samples."""
+    """BCE on probabilities (after a Sigmoid layer), summed over outputs, mean over samples.
+    Finite for p exactly 0 or 1 in any precision (a float32 sigmoid rounds to 1.0 at 17):
+    each log is clamped at -100 and the gradient's denominator at eps, as in PyTorch."""
     n = prob.shape[0]
     t = target.reshape(prob.shape).astype(prob.dtype)
-    p = np.clip(prob, eps, 1 - eps)
-    loss = -(t * np.log(p) + (1 - t) * np.log(1 - p)).sum() / max(n, 1)
-    dprob = (p - t) / (p * (1 - p)) / max(n, 1)
-    return float(loss), dprob.astype(prob.dtype, copy=False)
+    p = prob.astype(np.float64)
+    with np.errstate(divide="ignore"):
+        log_p, log_q = np.maximum(np.log(p), LOG_FLOOR), np.maximum(np.log1p(-p), LOG_FLOOR)
+    loss = -(t * log_p + (1 - t) * log_q).sum() / max(n, 1)
+    dprob = (p - t) / np.maximum(p * (1 - p), eps) / max(n, 1)
+    return float(loss), dprob.astype(prob.dtype)
 
 
 def binary_cross_entropy_with_logits(logits, target):

@@ -12,9 +12,10 @@ class BatchNorm(Module):
 
     Training normalises with the batch's statistics and updates running ones (PyTorch's
     convention: running = (1-m)*running + m*batch, unbiased variance); evaluation uses the
-    running statistics. The synchronised variants normalise over the GLOBAL batch: one
-    Allreduce of [sum, sum of squares, count] in forward and one of [sum dy, sum dy*xhat] in
-    backward, so N ranks compute what one process would on the whole batch.
+    running statistics. The synchronised variants normalise over the GLOBAL batch: in forward
+    an Allreduce of [sum, count] and one of the squares about that mean (two passes, stable
+    for any mean/std), in backward one of [sum dy, sum dy*xhat], so N ranks compute what one
+    process would on the whole batch.
 
     The running statistics are buffers in the flat parameter buffer (gradient always zero, so
     no optimiser moves them): the start-up broadcast and checkpoints carry them. Without
@@ -52,7 +53,11 @@ class BatchNorm(Module):
         sums = reg.batchnorm_sums(x)
         if self.comm is not None:
             self.comm.allreduce_sum_(sums)
-        mean, var, count = reg.stats_from_sums(sums)
+        mean, count = reg.mean_from_sums(sums)
+        squares = reg.centred_square_sums(x, mean)
+        if self.comm is not None:
+            self.comm.allreduce_sum_(squares)
+        var = squares / count
         y, cache = reg.batchnorm_forward(x, self.gamma.data, self.beta.data, mean, var, self.eps)
         self._cache, self._count = cache, count
         m = self.momentum

@@ -1,9 +1,11 @@
 """Dropout and batch normalisation kernels.
 
 Batch normalisation is split so that a synchronised layer can reduce the batch sums
-across ranks between the steps: ``batchnorm_sums`` (local sums) -> reduce ->
-``batchnorm_forward`` with the global mean and variance; in backward,
-``batchnorm_grad_sums`` -> reduce -> ``batchnorm_backward``.
+across ranks between the steps: ``batchnorm_sums`` (sums and count) -> reduce -> mean ->
+``centred_square_sums`` -> reduce -> variance -> ``batchnorm_forward``; in backward,
+``batchnorm_grad_sums`` -> reduce -> ``batchnorm_backward``. The variance is the mean of
+squares about the mean (two passes), not E[x^2] - mean^2, whose rounding error grows with
+(mean/std)^2.
 """
 
 from __future__ import annotations
@@ -36,24 +38,30 @@ def channel_shape(x) -> tuple:
 
 
 def batchnorm_sums(x) -> np.ndarray:
-    """[sum per channel, sum of squares per channel, count] in one float64 buffer,
-    ready for a single Allreduce."""
-    axes = reduce_axes(x)
+    """[sum per channel, count] in one float64 buffer, ready for a single Allreduce."""
     C = x.shape[1]
-    buf = np.empty(2 * C + 1, dtype=np.float64)
-    buf[:C] = x.sum(axis=axes, dtype=np.float64)
-    buf[C:2 * C] = np.square(x, dtype=np.float64).sum(axis=axes)
-    buf[2 * C] = x.size // C
+    buf = np.empty(C + 1, dtype=np.float64)
+    buf[:C] = x.sum(axis=reduce_axes(x), dtype=np.float64)
+    buf[C] = x.size // C
     return buf
 
 
-def stats_from_sums(buf: np.ndarray):
-    """(mean, biased variance, count) per channel from batchnorm_sums (possibly reduced)."""
-    C = (buf.size - 1) // 2
-    count = buf[2 * C]
-    mean = buf[:C] / count
-    var = np.maximum(buf[C:2 * C] / count - mean * mean, 0.0)
-    return mean, var, count
+def mean_from_sums(buf: np.ndarray):
+    """(mean, count) per channel from batchnorm_sums (possibly reduced)."""
+    count = buf[-1]
+    return buf[:-1] / count, count
+
+
+def centred_square_sums(x, mean) -> np.ndarray:
+    """Sum of (x - mean)^2 per channel, in float64 (the variance's numerator)."""
+    centred = x.astype(np.float64) - mean.reshape(channel_shape(x))
+    return np.square(centred, out=centred).sum(axis=reduce_axes(x))
+
+
+def batch_stats(x):
+    """(mean, biased variance, count) per channel of this batch alone."""
+    mean, count = mean_from_sums(batchnorm_sums(x))
+    return mean, centred_square_sums(x, mean) / count, count
 
 
 def batchnorm_forward(x, gamma, beta, mean, var, eps):

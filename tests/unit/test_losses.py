@@ -73,3 +73,19 @@ def test_gaussian_kl():
     assert gaussian_kl(np.zeros((2, 3)), np.zeros((2, 3)))[0] == 0  # the prior itself
     directional_check(lambda mu, logvar: gaussian_kl(mu, logvar)[0], dict(mu=mu, logvar=logvar),
                       dict(mu=dmu, logvar=dlogvar), rng)
+
+
+def test_bce_stays_finite_when_a_float32_sigmoid_reaches_one():
+    torch = pytest.importorskip("torch")
+    prob = np.array([[1.0], [0.0], [0.5], [1.0 - 2 ** -24]], dtype=np.float32)
+    target = np.array([0.0, 1.0, 1.0, 1.0])
+    loss, grad = losses.binary_cross_entropy(prob, target)
+    ref = torch.nn.functional.binary_cross_entropy(torch.from_numpy(prob), torch.from_numpy(target[:, None]).float())
+    assert np.isfinite(loss) and np.isfinite(grad).all() and grad.dtype == np.float32
+    assert loss == pytest.approx(float(ref), rel=1e-6)
+
+
+def test_mse_gradient_keeps_the_predictions_dtype():
+    pred = np.ones((4, 2), dtype=np.float32)
+    _, grad = losses.mse(pred, np.zeros((4, 2), dtype=np.float64))
+    assert grad.dtype == np.float32

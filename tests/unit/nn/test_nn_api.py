@@ -63,3 +63,18 @@ def test_store_collects_a_bare_layer():
     store = ParamStore(lin)
     store.allocate(np.float64, np.random.default_rng(0))
     assert [p.name for p in store.params] == ["weight", "bias"] and store.size == 9
+
+
+@pytest.mark.parametrize("cls,shape", [(nn.BatchNorm1d, (64, 3)), (nn.BatchNorm2d, (8, 3, 5, 5))])
+def test_batchnorm_variance_is_stable_for_a_large_mean(cls, shape):
+    """mean/std = 1e4: E[x^2] - mean^2 loses about 8 digits there; the two-pass variance does not."""
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(0)
+    x = 1e4 + rng.normal(size=shape)
+    layer = cls(shape[1])
+    ParamStore(layer).allocate(np.float64)
+    y = layer.forward(x, True)
+    ref = torch.nn.functional.batch_norm(torch.from_numpy(x), None, None, training=True, eps=1e-5).numpy()
+    assert np.abs(y - ref).max() / np.abs(ref).max() < 1e-10
+    axes = (0,) + tuple(range(2, x.ndim))
+    np.testing.assert_allclose(layer.running_var.data, 0.9 + 0.1 * x.var(axis=axes, ddof=1), rtol=1e-12)
