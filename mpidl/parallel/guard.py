@@ -54,14 +54,15 @@ def prints_errors() -> bool:
 
 
 class StopSignal:
-    """Remembers that SIGUSR1 or SIGTERM arrived; `agreed` makes the decision collective.
+    """Remembers that SIGUSR1, SIGTERM or a first Ctrl-C (SIGINT) arrived; `agreed` makes the
+    decision collective. A second Ctrl-C raises KeyboardInterrupt: abort at once.
 
     A signal can reach one rank, some, or all, at different steps. One tiny Allreduce(MAX)
     per check turns that into the same answer on every rank at the same step, so all ranks
     write the checkpoint together and leave the loop together.
     """
 
-    SIGNALS = (signal.SIGUSR1, signal.SIGTERM)
+    SIGNALS = (signal.SIGUSR1, signal.SIGTERM, signal.SIGINT)
 
     def __init__(self):
         self.received: int | None = None
@@ -78,6 +79,11 @@ class StopSignal:
         self._previous.clear()
 
     def _handle(self, signum, frame):
+        if signum == signal.SIGINT and self.received == signal.SIGINT:
+            raise KeyboardInterrupt  # the second Ctrl-C: no more waiting for a checkpoint
+        if signum == signal.SIGINT and self.received is None:
+            print("mpidl: interrupted: checkpointing at the next step (Ctrl-C again to abort)",
+                  file=sys.stderr, flush=True)
         self.received = signum
 
     def agreed(self, comm) -> bool:

@@ -134,3 +134,25 @@ def test_outputs_follow_the_umask_and_are_never_world_writable(tmp_path):
         assert stat.S_IMODE(f.stat().st_mode) == 0o600, (f, oct(f.stat().st_mode))
     with np.load(out / "weights.npz", allow_pickle=False) as z:
         assert z["params"].size > 0
+
+
+def test_first_ctrl_c_checkpoints_like_sigterm(tmp_path):
+    """SIGINT once to the launcher (Ctrl-C on a terminal): every rank agrees on a step, one
+    checkpoint there, exit 75 with a line saying how to continue."""
+    ck = tmp_path / "ck"
+    proc, out = _start(tmp_path, ck)
+    try:
+        rank_pids(out, 2)
+        _wait_for_checkpoint(ck)
+        proc.send_signal(signal.SIGINT)
+        stdout, stderr = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 75, stderr[-3000:]
+    assert "stopped by a signal at step" in stdout and "--resume latest" in stdout, stdout[-2000:]
+    from mpidl.checkpoint import read_checkpoint
+    newest = sorted(_checkpoints(ck))[-1]
+    step = int(newest.split("-")[1].split(".")[0])
+    assert f"stopped by a signal at step {step} " in stdout
+    read_checkpoint(str(ck / newest))
