@@ -197,10 +197,11 @@ def save_checkpoint(trainer, folder: str, keep_last: int = 0) -> str | None:
                                "data": trainer.data_rng.bit_generator.state})
     epoch_loss = np.array(trainer.epoch_loss, dtype=np.float64)
     comm.allreduce_sum_(epoch_loss)
+    optimizer_state = trainer.dopt.checkpoint_state()  # ZeRO: the shards gathered
     path, error = None, None
     if comm.rank == 0:
         try:
-            path = _write_rank0(trainer, folder, keep_last, rngs, epoch_loss)
+            path = _write_rank0(trainer, folder, keep_last, rngs, epoch_loss, optimizer_state)
         except OSError as exc:  # disk full, quota, permissions: the previous checkpoint is untouched
             error = CheckpointError(f"--checkpoint-dir {folder}: cannot write checkpoint at step "
                                     f"{trainer.global_step} ({exc.strerror or exc}); the previous "
@@ -211,7 +212,7 @@ def save_checkpoint(trainer, folder: str, keep_last: int = 0) -> str | None:
     return path
 
 
-def _write_rank0(trainer, folder, keep_last, rngs, epoch_loss) -> str:
+def _write_rank0(trainer, folder, keep_last, rngs, epoch_loss, optimizer_state) -> str:
     comm = trainer.comm
     from mpidl import __version__
     meta = {
@@ -223,7 +224,7 @@ def _write_rank0(trainer, folder, keep_last, rngs, epoch_loss) -> str:
     }
     arrays = {"params": trainer.store.data, "epoch_loss": epoch_loss,
               "meta": np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)}
-    for key, value in trainer.optimizer.state_dict().items():
+    for key, value in optimizer_state.items():
         arrays["opt/" + key] = np.asarray(value)
     os.makedirs(folder, exist_ok=True)
     path = os.path.join(folder, checkpoint_name(trainer.global_step))
@@ -258,9 +259,9 @@ def check_compatible(trainer, path: str, arrays: dict) -> dict:
         raise CheckpointError(f"checkpoint {path} belongs to a different run: {detail}")
     if meta["layout"] != trainer.store.layout() or meta["dtype"] != str(trainer.store.data.dtype):
         raise CheckpointError(f"checkpoint {path}: parameter layout or dtype differs from this model")
-    state = trainer.optimizer.state_dict()
+    shapes = trainer.dopt.checkpoint_shapes()
     saved = {k[4:]: v for k, v in arrays.items() if k.startswith("opt/")}
-    if set(saved) != set(state) or any(np.shape(saved[k]) != np.shape(state[k]) for k in state):
+    if set(saved) != set(shapes) or any(np.shape(saved[k]) != tuple(shapes[k]) for k in shapes):
         raise CheckpointError(f"checkpoint {path}: optimiser state does not fit --optimizer {trainer.cfg.optimizer}")
     return meta
 
@@ -275,15 +276,15 @@ def restore_checkpoint(trainer, arrays: dict | None) -> dict:
         trainer.store.data[...] = arrays["params"]
     comm.bcast_(trainer.store.data)
 
-    state = trainer.optimizer.state_dict()
+    state, shapes = trainer.optimizer.state_dict(), trainer.dopt.checkpoint_shapes()
     restored = {}
     for key in sorted(state):
-        buf = np.array(state[key]).reshape(-1)  # a copy; 0-d values become one element
+        buf = np.zeros(int(np.prod(shapes[key], dtype=np.int64)), dtype=np.asarray(state[key]).dtype)
         if comm.rank == 0:
             buf[...] = arrays["opt/" + key].reshape(-1)
         comm.bcast_(buf)
-        restored[key] = buf.reshape(np.shape(state[key]))
-    trainer.optimizer.load_state_dict(restored)
+        restored[key] = buf.reshape(shapes[key])
+    trainer.dopt.load_checkpoint_state(restored)  # ZeRO: each rank keeps its shard
 
     epoch_loss = np.zeros(2)
     if comm.rank == 0:

@@ -168,8 +168,6 @@ def validate(cfg: RunConfig) -> None:
     need(cfg.allreduce == "flat" or (cfg.bucket_mb == 0 and cfg.grad_compression == "none"), "allreduce",
          "hierarchical does not combine with --bucket-mb or --grad-compression")
     need(cfg.keep_last >= 0, "keep_last", "must be non-negative (0 keeps all)")
-    need(not cfg.zero or cfg.checkpoint_dir is None, "zero",
-         "does not combine with --checkpoint-dir yet (each rank holds only a shard of the optimiser state)")
     need(cfg.expect_ranks is None or cfg.expect_ranks >= 1, "expect_ranks", "must be at least 1")
     need(cfg.resume is None or cfg.resume not in ("latest", "auto") or cfg.checkpoint_dir is not None,
          "resume", "needs --checkpoint-dir to look in")

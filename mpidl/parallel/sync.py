@@ -395,6 +395,41 @@ class DistributedOptimizer:
         return sum(v.nbytes for v in self.optimizer.state_dict().values()
                    if isinstance(v, np.ndarray) and v.ndim)
 
+    # -- checkpoints: the optimiser state in the layout of the whole flat buffer ----------
+    def _sharded(self, value) -> bool:
+        return (isinstance(self.sync, ZeroSync) and isinstance(value, np.ndarray) and value.ndim == 1
+                and value.size == self.sync.shard_len)
+
+    def checkpoint_state(self) -> dict:
+        """Collective: the optimiser state as a run without ZeRO would hold it (ZeRO's shards
+        gathered, padding dropped), so that a checkpoint does not depend on the rank count."""
+        out = {}
+        for key, value in self.optimizer.state_dict().items():
+            if self._sharded(value):
+                full = np.zeros(len(self.store.padded_data), dtype=value.dtype)
+                full[self.sync.shard] = value
+                self.comm.allgather_blocks_(full)
+                value = full[:self.store.size]
+            out[key] = value
+        return out
+
+    def checkpoint_shapes(self) -> dict:
+        """The shape of each array checkpoint_state returns (no communication)."""
+        return {key: (self.store.size,) if self._sharded(value) else np.shape(value)
+                for key, value in self.optimizer.state_dict().items()}
+
+    def load_checkpoint_state(self, state: dict) -> None:
+        """The inverse of checkpoint_state, on every rank: under ZeRO each keeps its shard."""
+        mine = {}
+        for key, value in self.optimizer.state_dict().items():
+            if self._sharded(value):
+                full = np.zeros(len(self.store.padded_data), dtype=value.dtype)
+                full[:self.store.size] = state[key]
+                mine[key] = full[self.sync.shard]
+            else:
+                mine[key] = state[key]
+        self.optimizer.load_state_dict(mine)
+
     def zero_grad(self, arm: bool = True) -> None:
         """Ready the gradient buffer for this step's backward (a no-op when the last update
         already zeroed it); `arm`: the next backward is the step's last, so bucket reductions
