@@ -194,7 +194,7 @@ def save_checkpoint(trainer, folder: str, keep_last: int = 0) -> str | None:
     comm = trainer.comm
     trainer.dopt.sync_buffers()  # every rank's running statistics count, not rank 0's alone
     rngs = _gather_json(comm, {"model": trainer.model_rng.bit_generator.state,
-                               "data": trainer.data_rng.bit_generator.state})
+                               "data": trainer.data_rng_state()})
     epoch_loss = np.array(trainer.epoch_loss, dtype=np.float64)
     comm.allreduce_sum_(epoch_loss)
     optimizer_state = trainer.dopt.checkpoint_state()  # ZeRO: the shards gathered

@@ -155,9 +155,6 @@ def validate(cfg: RunConfig) -> None:
     need(cfg.collective_timeout >= 0, "collective_timeout", "must be non-negative")
     need(cfg.check_every >= 0, "check_every", "must be non-negative")
     need(cfg.prefetch >= 0, "prefetch", "must be non-negative")
-    need(not cfg.prefetch or cfg.checkpoint_dir is None, "prefetch",
-         "does not combine with --checkpoint-dir yet (the loader thread runs the data stream ahead of "
-         "the step a checkpoint records)")
     need(cfg.timeline_steps >= 1, "timeline_steps", "must be at least 1")
     need(not cfg.nesterov or (cfg.optimizer == "sgd" and cfg.momentum > 0), "nesterov",
          "needs --optimizer sgd and --momentum > 0")

@@ -155,6 +155,7 @@ class Trainer:
         self.stop_requested = False  # set by an on_step hook (preemption): the loop returns after this step
         self.out_dir = None
         self.checkpointer = None
+        self._data_rng_after = None  # with --prefetch: the data generator's state after the last step
 
     @property
     def skipped_steps(self) -> int:
@@ -185,9 +186,21 @@ class Trainer:
                                           for e in range(first_epoch, self.epochs)),
             self.total_steps - self.global_step)
         if self.cfg.prefetch > 0:
-            return Prefetcher(steps, self.prepare_batch, self.cfg.prefetch,
+            return Prefetcher(steps, self._prepare_ahead, self.cfg.prefetch,
                               on_prepared=lambda t0, t1: self.clock.span("prepare batch", t0, t1, LOADER_THREAD))
         return InlineBatches(steps, self.prepare_batch)
+
+    def _prepare_ahead(self, step):
+        """prepare_batch in the loader thread, with the data generator's state right after it:
+        the state a checkpoint taken after this step must record, although the thread has
+        drawn further by then."""
+        x, y = self.prepare_batch(step)
+        return x, y, self.data_rng.bit_generator.state
+
+    def data_rng_state(self) -> dict:
+        """The data generator's state as of the last step trained (not of the batches
+        prepared ahead)."""
+        return self._data_rng_after if self._data_rng_after is not None else self.data_rng.bit_generator.state
 
     def micro_batches(self, n: int):
         """--accumulate: this rank's share in micro-batches, each weighted by its size, so the
@@ -274,6 +287,8 @@ class Trainer:
                 for _ in range(min(self.sampler.steps_per_epoch - start, self.total_steps - self.global_step)):
                     self.clock.begin()
                     step, batch = next(feed)
+                    if len(batch) == 3:  # prepared ahead: (x, y, data generator state after it)
+                        *batch, self._data_rng_after = batch
                     loss_sum += (self.train_step(step, batch), len(step.indices))
                     self.step_in_epoch = step.index + 1
                     for hook in step_hooks:

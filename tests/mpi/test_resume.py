@@ -164,3 +164,29 @@ def test_zero_checkpoint_resumes_on_another_rank_count(folder, opt):
         err = np.abs(back.store.data - whole.store.data).max() / np.abs(whole.store.data).max()
         assert err < 1e-10, f"one process resumed from a {comm.size}-rank ZeRO checkpoint differs by {err:.2e}"
     comm.barrier()
+
+
+@pytest.mark.mpi
+@pytest.mark.parametrize("stop", [9, 22])
+def test_resume_with_prefetch_is_bitwise_exact(folder, stop):
+    """--prefetch 2: the loader thread has drawn augmentation noise for batches ahead of the
+    checkpoint; the checkpoint records the data generator as of the step trained, so the
+    resumed run draws the same noise."""
+    comm = world()
+    args = [*BASE, *OPTIMISERS[0], "--prefetch", "2"]
+
+    def data_noise(t):  # augmentation drawing only from the data generator, as real augmentation does
+        t.data.augment = lambda x, rng: x + 0.05 * rng.standard_normal(x.shape, dtype=x.dtype)
+        return t
+
+    whole = data_noise(_trainer(args, comm, folder / "unused", noisy=False))
+    whole.train()
+    first = data_noise(_trainer(args, comm, folder, noisy=False))
+    first.train(on_step=_stop_at(stop))
+    resumed = data_noise(_trainer(args, comm, folder, noisy=False))
+    found = newest_good(str(folder)) if comm.rank == 0 else None
+    restore_checkpoint(resumed, found[1] if found else None)
+    resumed.train()
+    assert np.array_equal(resumed.store.data, whole.store.data), \
+        f"{comm.size} ranks, prefetch: resumed weights differ by {np.abs(resumed.store.data - whole.store.data).max():.3g}"
+    assert resumed.data_rng_state() == whole.data_rng_state()
