@@ -88,6 +88,8 @@ def batch(slurm, workdir):
                                  "--epochs", "2"], cwd=workdir, **_job_env(workdir)),
         "program": slurm.sbatch(os.path.join(JOBS, "train.sbatch"), ["--ntasks-per-node=2"], [], cwd=workdir,
                                 **_job_env(workdir, MPIDL_PROGRAM=os.path.join(REPO, "examples", "own_loop.py"))),
+        "novenv": slurm.sbatch(os.path.join(JOBS, "train.sbatch"), ["--ntasks-per-node=1"], [*SMALL], cwd=workdir,
+                               **_job_env(workdir, MPIDL_VENV=os.path.join(workdir, "no-such-venv"))),
         "sweep": slurm.sbatch(os.path.join(JOBS, "sweep.sbatch"), ["--array=0-2", "--ntasks-per-node=1"],
                               [sweep_file, *SMALL, "--max-steps", "15"], cwd=workdir, **_job_env(workdir)),
     }
@@ -123,6 +125,15 @@ def test_your_own_model_and_your_own_script_run_as_jobs(slurm, workdir, batch):
     assert record["JobState"] == "COMPLETED" and record["ExitCode"] == "0:0", log
     (accuracy,) = [float(line.split()[-1]) for line in log.splitlines() if line.startswith("own_loop:")]
     assert accuracy > 0.9, log
+
+
+def test_a_missing_venv_is_one_line_naming_the_setting(slurm, workdir, batch):
+    job = batch["novenv"]
+    (record,) = slurm.wait(job, timeout=150)
+    log = _log(workdir, f"mpidl-train-{job}.out")
+    assert record["JobState"] == "FAILED" and record["ExitCode"] == "2:0", log
+    errors = [line for line in log.splitlines() if "error" in line.lower()]
+    assert len(errors) == 1 and "no virtualenv at" in errors[0] and "MPIDL_VENV=" in errors[0], log
 
 
 def test_guard_catches_one_rank_worlds(slurm, workdir, batch):
