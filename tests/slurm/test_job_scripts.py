@@ -188,7 +188,7 @@ def test_preemptible_requeues_and_resumes_exactly(slurm, workdir, batch):
     flags = [*SMALL, "--epochs", "40", "--checkpoint-every", "1e"]
     job = slurm.sbatch(os.path.join(JOBS, "preemptible.sbatch"), ["--ntasks-per-node=2"], flags,
                        cwd=workdir, **_job_env(workdir))
-    run_dir = os.path.join(workdir, "runs", f"mpidl-preemptible-{job}")
+    run_dir = os.path.join(workdir, "runs", "mpidl-preemptible")  # named by the job, not its id
     log_name = f"mpidl-preemptible-{job}.out"
 
     # Signal once a checkpoint exists and training is under way (two epochs logged).
@@ -229,3 +229,26 @@ def test_preemptible_requeues_and_resumes_exactly(slurm, workdir, batch):
     assert np.array_equal(_weights(run_dir), _weights(ref_dir)), "resumed run differs from the uninterrupted one"
     with open(metrics) as f:
         assert [json.loads(line)["epoch"] for line in f] == list(range(1, 41))  # each epoch logged once
+
+
+def test_a_preemptible_run_submitted_again_resumes_from_its_folder(slurm, workdir, batch):
+    """After scancel or a hard time limit the job is not requeued; submitting it again under the
+    same job name continues the run from its checkpoint, with one metrics history."""
+    name = ["--job-name=resubmitted", "--ntasks-per-node=1"]
+    flags = [*SMALL, "--checkpoint-every", "10"]
+    first = slurm.sbatch(os.path.join(JOBS, "preemptible.sbatch"), name, [*flags, "--max-steps", "30"],
+                         cwd=workdir, **_job_env(workdir))
+    (record,) = slurm.wait(first, timeout=150)
+    assert record["ExitCode"] == "0:0", _log(workdir, f"resubmitted-{first}.out")
+    again = slurm.sbatch(os.path.join(JOBS, "preemptible.sbatch"), name, [*flags, "--max-steps", "60"],
+                         cwd=workdir, **_job_env(workdir))
+    (record,) = slurm.wait(again, timeout=150)
+    log = _log(workdir, f"resubmitted-{again}.out")
+    assert record["ExitCode"] == "0:0", log
+    assert "resumed from" in log and "step 30" in log, log
+    run_dir = os.path.join(workdir, "runs", "resubmitted")
+    assert _summary(run_dir)["steps"] == 60
+    with open(os.path.join(run_dir, "metrics.jsonl")) as f:
+        steps = [json.loads(line)["step"] for line in f]
+    assert steps == sorted(set(steps)) and steps[-1] == 60, steps  # one history, no step twice
+
