@@ -24,6 +24,8 @@ import json
 import os
 import re
 import tempfile
+import threading
+import time
 
 import numpy as np
 
@@ -104,7 +106,7 @@ _NAME = re.compile(r"^ckpt-(\d+)\.npz$")
 # depends on the total, like cosine, then follows the new total); the failure knobs do not
 # touch the numbers.
 MAY_CHANGE_ON_RESUME = frozenset({"out", "threads", "progress", "eval_batch_size", "checkpoint_dir",
-                                  "checkpoint_every", "keep_last", "resume", "expect_ranks",
+                                  "checkpoint_every", "keep_last", "checkpoint_write", "resume", "expect_ranks",
                                   "epochs", "max_steps", "collective_timeout", "check_every",
                                   "on_drift", "on_nonfinite"})
 
@@ -188,9 +190,54 @@ def _bcast_bytes(comm, payload: bytes | None) -> bytes:
     return buf.tobytes()
 
 
-def save_checkpoint(trainer, folder: str, keep_last: int = 0) -> str | None:
+class WriteBehind:
+    """Rank 0's checkpoint writer thread: training goes on while the file is written, fsynced
+    and renamed. At most one write is in flight (the next checkpoint waits for it); its
+    failure is reported at the next checkpoint or at :meth:`finish`, on every rank."""
+
+    def __init__(self):
+        self._thread = None
+        self._error: CheckpointError | None = None
+
+    def submit(self, write) -> None:
+        self.wait_quietly()
+
+        def run():
+            try:
+                write()
+            except CheckpointError as exc:
+                self._error = exc
+        self._thread = threading.Thread(target=run, name="mpidl-checkpoint-writer")
+        self._thread.start()  # not a daemon: the process waits for a write under way
+
+    def wait_quietly(self) -> None:
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+
+    def take_error(self) -> CheckpointError | None:
+        """Waits for the write in flight; its error, if it failed (once)."""
+        self.wait_quietly()
+        error, self._error = self._error, None
+        return error
+
+
+def _agree_on(comm, error):
+    """Every rank learns of rank 0's failure and stops together (no rank left in a collective)."""
+    if comm.first_failure(error is not None) is not None:
+        raise error if error is not None else CheckpointError("rank 0 could not write a checkpoint")
+
+
+def finish_writes(comm, writer: WriteBehind | None) -> None:
+    """Collective: wait for rank 0's checkpoint write in flight and raise its failure everywhere."""
+    if writer is not None:
+        _agree_on(comm, writer.take_error() if comm.rank == 0 else None)
+
+
+def save_checkpoint(trainer, folder: str, keep_last: int = 0, writer: WriteBehind | None = None) -> str | None:
     """Collective: every rank contributes its random states; rank 0 writes the file and prunes
-    old ones. Returns the path on rank 0, None elsewhere."""
+    old ones, at once or, with `writer`, in its thread from a copy of the state (the copy is
+    the only stall). Returns the path on rank 0, None elsewhere."""
     comm = trainer.comm
     trainer.dopt.sync_buffers()  # every rank's running statistics count, not rank 0's alone
     rngs = _gather_json(comm, {"model": trainer.model_rng.bit_generator.state,
@@ -200,19 +247,24 @@ def save_checkpoint(trainer, folder: str, keep_last: int = 0) -> str | None:
     optimizer_state = trainer.dopt.checkpoint_state()  # ZeRO: the shards gathered
     path, error = None, None
     if comm.rank == 0:
-        try:
-            path = _write_rank0(trainer, folder, keep_last, rngs, epoch_loss, optimizer_state)
-        except OSError as exc:  # disk full, quota, permissions: the previous checkpoint is untouched
-            error = CheckpointError(f"--checkpoint-dir {folder}: cannot write checkpoint at step "
-                                    f"{trainer.global_step} ({exc.strerror or exc}); the previous "
-                                    "checkpoints are intact")
-    # Every rank learns of rank 0's failure and stops together (no rank left in a collective).
-    if comm.first_failure(error is not None) is not None:
-        raise error if error is not None else CheckpointError("rank 0 could not write a checkpoint")
+        path, write = _prepare_rank0(trainer, folder, keep_last, rngs, epoch_loss, optimizer_state,
+                                     copy=writer is not None)
+        if writer is None:
+            try:
+                write()
+            except CheckpointError as exc:
+                error = exc
+        else:
+            error = writer.take_error()  # the previous write's outcome
+            if error is None:
+                writer.submit(write)
+    _agree_on(comm, error)
     return path
 
 
-def _write_rank0(trainer, folder, keep_last, rngs, epoch_loss, optimizer_state) -> str:
+def _prepare_rank0(trainer, folder, keep_last, rngs, epoch_loss, optimizer_state, copy: bool):
+    """(path, write): the file's name and a function that writes it, from arrays that no longer
+    change (copied when the write runs behind training)."""
     comm = trainer.comm
     from mpidl import __version__
     meta = {
@@ -226,13 +278,22 @@ def _write_rank0(trainer, folder, keep_last, rngs, epoch_loss, optimizer_state) 
               "meta": np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)}
     for key, value in optimizer_state.items():
         arrays["opt/" + key] = np.asarray(value)
-    os.makedirs(folder, exist_ok=True)
+    if copy:
+        arrays = {key: np.array(value) for key, value in arrays.items()}
     path = os.path.join(folder, checkpoint_name(trainer.global_step))
-    write_checkpoint(path, arrays)
-    if keep_last > 0:
-        for _, old in list_checkpoints(folder)[keep_last:]:
-            os.unlink(old)
-    return path
+    step = trainer.global_step
+
+    def write():
+        try:
+            os.makedirs(folder, exist_ok=True)
+            write_checkpoint(path, arrays)
+            if keep_last > 0:
+                for _, old in list_checkpoints(folder)[keep_last:]:
+                    os.unlink(old)
+        except OSError as exc:  # disk full, quota, permissions: the previous checkpoint is untouched
+            raise CheckpointError(f"--checkpoint-dir {folder}: cannot write checkpoint at step {step} "
+                                  f"({exc.strerror or exc}); the previous checkpoints are intact")
+    return path, write
 
 
 def locate_checkpoint(cfg, warn=print) -> tuple[str, dict] | None:
@@ -311,6 +372,8 @@ class Checkpointer:
     def __init__(self, cfg, stop_signal=None):
         self.folder = cfg.checkpoint_dir
         self.keep_last = cfg.keep_last
+        self.writer = WriteBehind() if cfg.checkpoint_write == "behind" else None
+        self.stalls: list[float] = []  # seconds each save held this rank up
         self.every, self.unit = parse_every(cfg.checkpoint_every) if cfg.checkpoint_every else (0, "steps")
         self.stop_signal = stop_signal
         self.last_saved = None  # (global step, epoch, step in epoch) of the last checkpoint
@@ -321,7 +384,9 @@ class Checkpointer:
         return trainer.global_step, trainer.epoch, trainer.step_in_epoch
 
     def save(self, trainer):
-        path = save_checkpoint(trainer, self.folder, self.keep_last)
+        t0 = time.perf_counter()
+        path = save_checkpoint(trainer, self.folder, self.keep_last, self.writer)
+        self.stalls.append(time.perf_counter() - t0)
         self.last_saved = self.position(trainer)
         if path is not None:
             print(f"checkpoint: step {trainer.global_step} -> {path}", flush=True)
@@ -343,3 +408,8 @@ class Checkpointer:
     def on_end(self, trainer):
         if self.last_saved != self.position(trainer):
             self.save(trainer)
+        self.finish(trainer)
+
+    def finish(self, trainer):
+        """Collective: the last write is on disk (or its failure raised on every rank)."""
+        finish_writes(trainer.comm, self.writer)

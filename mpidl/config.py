@@ -98,6 +98,9 @@ class RunConfig:
     checkpoint_every: str | None = _opt(UNSET, "checkpoint every N steps ('500') or every N epochs ('2e'); "
                                         "a final one is always written when --checkpoint-dir is set")
     keep_last: int = _opt(3, "keep only the newest K checkpoints (0 keeps all)")
+    checkpoint_write: str = _opt("behind", "'behind': rank 0 writes each checkpoint in a thread while training "
+                                 "goes on (one in flight); 'sync': training waits for the disk",
+                                 choices=("behind", "sync"))
     resume: str | None = _opt(UNSET, "'latest' (newest good checkpoint in --checkpoint-dir, error if none), "
                               "'auto' (the same, or a fresh start if there is none) or a checkpoint file")
     expect_ranks: int | None = _opt(UNSET, "fail unless the MPI world has exactly this many ranks "

@@ -125,6 +125,7 @@ def summary_of(trainer, history) -> dict:
         "drift_repairs": trainer.drift_repairs,
         "communication": trainer.dopt.describe(),
         "optimizer_state_bytes_per_rank": trainer.optimizer_state_bytes,
+        "checkpoint_stalls_ms": [1e3 * s for s in trainer.checkpointer.stalls] if trainer.checkpointer else [],
         "timing": trainer.timing,
         "config": trainer.cfg.to_dict(),
     }

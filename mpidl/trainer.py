@@ -368,6 +368,7 @@ class Trainer:
             self.write_timeline(cfg.timeline)
         if self.checkpointer is not None:
             if self.checkpointer.preempted:
+                self.checkpointer.finish(self)  # the stop's checkpoint is on disk before we exit
                 if lead:
                     print(f"stopped by a signal at step {self.global_step} of {self.total_steps}; "
                           f"continue with --resume latest --checkpoint-dir {cfg.checkpoint_dir}", flush=True)

@@ -112,6 +112,7 @@ def test_signal_on_one_rank_stops_all_at_the_same_step(folder):
             ckpt.on_step(trainer)
 
         t.train(on_step=on_step)
+        ckpt.finish(t)  # the stop's checkpoint is written behind training: wait for it
     finally:
         stop.uninstall()
     steps = comm.allreduce_min_max(np.array([t.global_step]))
