@@ -113,7 +113,8 @@ class Communicator:
     def allreduce_encoded_sum_(self, buf: np.ndarray, codec: str | None = None) -> np.ndarray:
         """Blocking in-place sum, of plain numbers or of 16-bit `codec` words."""
         if self.size > 1:
-            self._comm.Allreduce(self._MPI.IN_PLACE, buf, op=self._sum_op(codec))
+            with self._watch("Allreduce(encoded gradients)"):
+                self._comm.Allreduce(self._MPI.IN_PLACE, buf, op=self._sum_op(codec))
         return buf
 
     def thread_can_communicate(self) -> bool:
@@ -127,12 +128,14 @@ class Communicator:
 
     def wait_all(self, requests) -> None:
         if requests:
-            self._MPI.Request.Waitall(requests)
+            with self._watch("Waitall(gradient buckets)"):
+                self._MPI.Request.Waitall(requests)
 
     def reduce_scatter_sum(self, send: np.ndarray, shard: np.ndarray) -> np.ndarray:
         """shard <- this rank's block of the sum over ranks of `send` (size x len(shard))."""
         if self.size > 1:
-            self._comm.Reduce_scatter_block(send, shard, op=self._MPI.SUM)
+            with self._watch("Reduce_scatter(gradients)"):
+                self._comm.Reduce_scatter_block(send, shard, op=self._MPI.SUM)
         else:
             shard[...] = send
         return shard
@@ -140,7 +143,8 @@ class Communicator:
     def allgather_blocks_(self, buf: np.ndarray) -> np.ndarray:
         """In place: block r of `buf` (len(buf) / size elements) comes from rank r."""
         if self.size > 1:
-            self._comm.Allgather(self._MPI.IN_PLACE, buf)
+            with self._watch("Allgather(parameters)"):
+                self._comm.Allgather(self._MPI.IN_PLACE, buf)
         return buf
 
     def hierarchical_allreduce_sum_(self, buf: np.ndarray, ranks_per_node: int | None = None) -> np.ndarray:
@@ -150,6 +154,12 @@ class Communicator:
             return buf
         node, leaders = self.node_groups(ranks_per_node)
         MPI = self._MPI
+        with self._watch("hierarchical Allreduce"):
+            self._hierarchical(buf, node, leaders, MPI)
+        return buf
+
+    @staticmethod
+    def _hierarchical(buf, node, leaders, MPI) -> None:
         if node.Get_size() > 1:
             if node.Get_rank() == 0:
                 node.Reduce(MPI.IN_PLACE, buf, op=MPI.SUM, root=0)
@@ -223,14 +233,16 @@ class Communicator:
         send[:raw.size] = raw
         recv = np.zeros((self.size, width), dtype=np.uint8)
         if self.size > 1:
-            self._comm.Allgather(send, recv)
+            with self._watch("Allgather(bytes)"):
+                self._comm.Allgather(send, recv)
         else:
             recv[0] = send
         return [bytes(row) for row in recv]
 
     def barrier(self) -> None:
         if self.size > 1:
-            self._comm.Barrier()
+            with self._watch("Barrier"):
+                self._comm.Barrier()
 
     def gather_rows(self, rows: np.ndarray, root: int = 0) -> list[np.ndarray] | None:
         """Each rank's 2-D float64 array (own row count, same width) collected at root as a
@@ -240,12 +252,14 @@ class Communicator:
             return [rows.copy()]
         width = rows.shape[1]
         counts = np.zeros(self.size, dtype=np.int64)
-        self._comm.Gather(np.array([rows.shape[0]], dtype=np.int64), counts, root=root)
-        if self.rank != root:
-            self._comm.Gatherv(rows, None, root=root)
-            return None
-        recv = np.empty((int(counts.sum()), width))
-        self._comm.Gatherv(rows, [recv, (counts * width).tolist()], root=root)
+        with self._watch("Gather(counts)"):
+            self._comm.Gather(np.array([rows.shape[0]], dtype=np.int64), counts, root=root)
+        with self._watch("Gatherv(rows)"):
+            if self.rank != root:
+                self._comm.Gatherv(rows, None, root=root)
+                return None
+            recv = np.empty((int(counts.sum()), width))
+            self._comm.Gatherv(rows, [recv, (counts * width).tolist()], root=root)
         return np.split(recv, np.cumsum(counts)[:-1])
 
     # -- agreement and failure -----------------------------------------------------
@@ -261,7 +275,8 @@ class Communicator:
         take the same exit while only that rank prints its message."""
         flag = np.array([self.rank if failed else self.size], dtype=np.int64)
         if self.size > 1:
-            self._comm.Allreduce(self._MPI.IN_PLACE, flag, op=self._MPI.MIN)
+            with self._watch("Allreduce(failure flag)"):
+                self._comm.Allreduce(self._MPI.IN_PLACE, flag, op=self._MPI.MIN)
         first = int(flag[0])
         return None if first >= self.size else first
 
