@@ -56,7 +56,7 @@ def _checkpoints(folder: str) -> list[tuple[int, str]]:
     return sorted(found)
 
 
-def _rank_pids(marker: str) -> list[int]:
+def rank_pids(marker: str) -> list[int]:
     """PIDs of the Python ranks (not the launcher) whose command line holds `marker`."""
     found = subprocess.run(["pgrep", "-f", f"mpidl.train.*{marker}"], capture_output=True, text=True)
     pids = []
@@ -151,7 +151,7 @@ class Supervisor:
                 time.sleep(0.05)
             time.sleep(self.rng.uniform(0, self.args.jitter))
             if proc.poll() is None:
-                ranks = _rank_pids(self.out)
+                ranks = rank_pids(self.out)
                 injected = time.monotonic()
                 if kind in ("term", "int"):
                     proc.send_signal(signal.SIGTERM if kind == "term" else signal.SIGINT)
@@ -164,7 +164,7 @@ class Supervisor:
             proc.kill()
             stdout, stderr = proc.communicate()
             self.failures.append(f"{kind}: the job did not end")
-        for pid in _rank_pids(self.out):  # a stopped rank the launcher could not end
+        for pid in rank_pids(self.out):  # a stopped rank the launcher could not end
             os.kill(pid, signal.SIGKILL)
         ended = time.monotonic()
         if injected is not None:

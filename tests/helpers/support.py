@@ -32,21 +32,14 @@ def rank_pids(marker: str, count: int = 0, timeout: float = 60) -> list[int]:
     """PIDs of the Python processes (ranks, not launchers) whose command line mentions
     `marker` (e.g. a run's --out folder). With count > 0, waits until that many exist."""
     import time
+    from mpidl.chaos import rank_pids as current
     deadline = time.time() + timeout
     while True:
-        found = subprocess.run(["pgrep", "-f", f"mpidl.train.*{marker}"], capture_output=True, text=True)
-        pids = []
-        for pid in map(int, found.stdout.split()):
-            try:
-                with open(f"/proc/{pid}/cmdline", "rb") as f:
-                    if b"python" in os.path.basename(f.read().split(b"\0")[0]):
-                        pids.append(pid)
-            except OSError:
-                pass  # already gone
+        pids = current(marker)
         if len(pids) >= count or time.time() > deadline:
             if count and len(pids) < count:
                 raise AssertionError(f"only {len(pids)} of {count} ranks started")
-            return sorted(pids)
+            return pids
         time.sleep(0.3)
 
 
