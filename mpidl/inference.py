@@ -19,15 +19,7 @@ class Predictor:
 
     def outputs(self, x, batch_size: int = 1000) -> np.ndarray:
         """The network's raw outputs (class scores, probability or values), evaluation mode."""
-        x = np.asarray(x)
-        dtype = self.model.store.data.dtype
-        outs = []
-        for i in range(0, len(x), batch_size):
-            batch = x[i:i + batch_size].astype(dtype)
-            if self.input_scale != 1.0:
-                batch *= self.input_scale
-            outs.append(self.model.net.forward(batch, False))
-        return np.concatenate(outs)
+        return self.model.predict(x, batch_size, scale=self.input_scale)
 
     def predict(self, x, batch_size: int = 1000) -> np.ndarray:
         """Class labels for a classifier (names if the training data had them), 0/1 for a

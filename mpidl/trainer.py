@@ -146,7 +146,6 @@ class Trainer:
         self.train_time = 0.0
         self.drift_repairs = 0
         self.val_terms = {}
-        self.warn = print if comm.rank == 0 else (lambda *a, **k: None)
         # Where the loop stands (for checkpoints): the epoch, the steps done in it, and this
         # rank's summed loss and sample count over those steps.
         self.epoch, self.step_in_epoch = 0, 0

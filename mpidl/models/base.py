@@ -91,10 +91,6 @@ class Model:
                     layer.need_input_grad = False
                     break
 
-    @property
-    def params(self) -> ParamStore:
-        return self.store
-
     def attach(self, rng: np.random.Generator, comm) -> None:
         """Give every module this rank's random generator and the communicator."""
         for module in self.net.modules():
@@ -103,12 +99,17 @@ class Model:
     def forward(self, x, train: bool = True):
         return self.net.forward(x, train)
 
-    def predict(self, x, batch_size: int = 1000) -> np.ndarray:
-        """Outputs in evaluation mode, batch by batch (class scores, probabilities or values)."""
+    def predict(self, x, batch_size: int = 1000, scale: float = 1.0) -> np.ndarray:
+        """Outputs in evaluation mode, batch by batch (class scores, probabilities or values);
+        `scale` multiplies each batch first (the input scaling of training, for raw images)."""
         x = np.asarray(x)
         dtype = self.store.data.dtype
-        outs = [self.net.forward(x[i:i + batch_size].astype(dtype, copy=False), False)
-                for i in range(0, len(x), batch_size)]
+        outs = []
+        for i in range(0, len(x), batch_size):
+            batch = x[i:i + batch_size].astype(dtype, copy=scale != 1.0)
+            if scale != 1.0:
+                batch *= scale
+            outs.append(self.net.forward(batch, False))
         return np.concatenate(outs) if outs else np.zeros((0,))
 
     def loss_and_backward(self, x, y, weight: float = 1.0, lap=None) -> float:
@@ -126,8 +127,6 @@ class Model:
             lap("forward")
         self.net.backward(dout)
         return loss
-
-    train_step_grads = loss_and_backward  # the name earlier versions used
 
     def evaluate_sums(self, x, y) -> tuple[float, ...]:
         """(sum of per-sample losses, number correct, *sums of the objective's terms) for this

@@ -42,7 +42,7 @@ def test_backward_writes_into_the_grad_views():
     m = build_model("mlp", (64,), 10, {"hidden": (16,)}, dtype=np.float64, seed=1)
     rng = np.random.default_rng(0)
     m.store.zero_grad()
-    m.train_step_grads(rng.normal(size=(5, 64)), rng.integers(0, 10, 5))
+    m.loss_and_backward(rng.normal(size=(5, 64)), rng.integers(0, 10, 5))
     for p in m.store.params:
         assert np.abs(p.grad).sum() > 0, p.name
 

@@ -29,7 +29,7 @@ def test_trainer_steps_equal_the_loop_written_out(extra):
         by_hand.store.zero_grad()
         n = len(step.indices)
         for part in np.array_split(np.arange(n), by_hand.cfg.accumulate):
-            by_hand.model.train_step_grads(x[part], y[part], weight=step.weight * len(part) / n)
+            by_hand.model.loss_and_backward(x[part], y[part], weight=step.weight * len(part) / n)
         by_hand.optimizer.step(by_hand.store.data, by_hand.store.grad, by_hand.schedule(i))
     np.testing.assert_array_equal(trained.store.data, by_hand.store.data)
     assert not trained.store.grad.any()          # left zeroed by the last update

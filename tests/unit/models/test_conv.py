@@ -16,7 +16,7 @@ def test_conv_models_pick_their_variant_from_the_sample_shape(name, shape, fc_in
     out = model.forward(x, train=False)
     assert out.shape == (3, 10) and out.dtype == np.float32
     model.store.zero_grad()
-    loss = model.train_step_grads(x, np.array([1, 2, 3]))
+    loss = model.loss_and_backward(x, np.array([1, 2, 3]))
     assert np.isfinite(loss) and np.abs(model.store.grad).sum() > 0
 
 

@@ -42,7 +42,7 @@ def test_model_gradients_against_finite_differences(name):
     m = build_model(name, (1, 8, 8), 10, dtype=np.float64, seed=1)
     rng = np.random.default_rng(0)
     x, y = rng.uniform(size=(5, 1, 8, 8)), rng.integers(0, 10, 5)
-    _directional_grad_check(m.store, lambda: m.train_step_grads(x, y),
+    _directional_grad_check(m.store, lambda: m.loss_and_backward(x, y),
                             lambda: m.loss_fn(m.forward(x, True), y)[0], rng)
 
 
@@ -76,7 +76,7 @@ def test_vae_weighted_step_scales_the_whole_gradient():
     for weight in (1.0, 0.25):
         m.net.rng = np.random.default_rng(5)
         m.store.zero_grad()
-        m.train_step_grads(x, None, weight=weight)
+        m.loss_and_backward(x, None, weight=weight)
         grads.append(m.store.grad.copy())
     assert np.allclose(grads[1], 0.25 * grads[0], rtol=1e-12, atol=0)
 

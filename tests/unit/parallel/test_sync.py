@@ -40,6 +40,6 @@ def test_backward_hook_sees_layers_in_reverse_until_no_input_gradient_is_needed(
     seen = []
     model.net.backward_hook = seen.append
     x = np.random.default_rng(0).random((5, 1, 8, 8), dtype=np.float32)
-    model.train_step_grads(x, np.arange(5))
+    model.loss_and_backward(x, np.arange(5))
     # Flatten (index 0) is skipped: the first Linear returns no input gradient.
     assert seen == list(range(len(model.net.layers) - 1, 0, -1))
