@@ -12,6 +12,7 @@ from typing import Callable
 
 import numpy as np
 
+from mpidl.data.files import row_bytes, row_chunks, take_rows
 from mpidl.errors import DataError
 
 
@@ -28,36 +29,53 @@ class Dataset:
     val_name: str = "val"     # 'val' or 'test', as the dataset provides
     # Training-time augmentation: (inputs already scaled, this rank's Generator) -> inputs.
     augment: Callable[[np.ndarray, np.random.Generator], np.ndarray] | None = None
+    class_names: list | None = None    # label i is class_names[i] (string targets, image folders)
+    feature_names: list | None = None  # a table's feature columns, in order
+    source: str | None = None          # the file or folder it was read from
+    # --normalize: per-feature shift and divisor, fitted on the training set (mpidl.data.normalize).
+    normalizer: object | None = None
 
     @property
     def sample_shape(self) -> tuple:
         return tuple(self.x_train.shape[1:])
 
     def inputs(self, x: np.ndarray, dtype) -> np.ndarray:
-        out = x.astype(dtype)
-        if self.scale != 1.0:
-            out *= self.scale
+        """Stored samples -> model inputs: the type, the stored scale, then --normalize (the same
+        arithmetic as mpidl.load's predictions, so those reproduce the reported figures exactly)."""
+        return prepare_inputs(x, dtype, self.scale, self.normalizer)
+
+    def preprocessing(self) -> dict:
+        """What turns raw samples into model inputs, as JSON (model.json, checkpoints)."""
+        out = {"input_scale": self.scale}
+        if self.normalizer is not None:
+            out["normalize"] = self.normalizer.to_dict()
         return out
 
     def digest(self) -> bytes:
-        """Sizes, shapes and a sample of the bytes: cheap, and enough to catch ranks
-        that read different files."""
+        """Sizes, shapes and up to 64 sampled rows of each array: cheap (a few pages of a
+        memory-mapped file), and enough to catch ranks that read different files."""
         h = hashlib.sha256()
         for a in (self.x_train, self.y_train, self.x_val, self.y_val):
-            h.update(repr((a.shape, str(a.dtype))).encode())
-            flat = a.reshape(-1)
-            h.update(np.ascontiguousarray(flat[:: max(1, flat.size // 4096)]).tobytes())
-        h.update(repr((self.name, self.task, self.num_classes, self.scale)).encode())
+            h.update(repr((tuple(a.shape), str(a.dtype))).encode())
+            rows = np.unique(np.linspace(0, len(a) - 1, num=min(len(a), 64)).astype(np.int64))
+            h.update(np.ascontiguousarray(take_rows(a, rows)).tobytes())
+        h.update(repr((self.name, self.task, self.num_classes, self.scale, self.class_names)).encode())
+        if self.normalizer is not None:
+            h.update(repr(self.normalizer.to_dict()).encode())
         return h.digest()
 
-    def validate(self) -> None:
+    def validate(self, rank: int = 0, size: int = 1) -> None:
+        """Checks that name the split and the sample. With rank/size, this rank checks only its
+        share of the inputs (the caller agrees on the verdict): no rank reads a whole large file."""
         for split, x, y in (("train", self.x_train, self.y_train), ("validation", self.x_val, self.y_val)):
             if len(x) != len(y):
                 raise DataError(f"{self.name}: {split} has {len(x)} inputs but {len(y)} labels")
             if len(x) == 0:
                 raise DataError(f"{self.name}: {split} split is empty")
-            if x.dtype.kind == "f" and not np.isfinite(x).all():
-                raise DataError(f"{self.name}: {split} inputs contain NaN or infinite values")
+            if np.dtype(x.dtype).kind == "f":
+                shard = np.array_split(np.arange(len(x)), size)[rank]
+                if len(shard):
+                    first_nonfinite(self.name, split, x, int(shard[0]), int(shard[-1]) + 1)
             if self.task == "classification":
                 lo, hi = int(y.min()), int(y.max())
                 if lo < 0 or hi >= self.num_classes:
@@ -65,6 +83,25 @@ class Dataset:
                                     f"outside the {self.num_classes} classes 0..{self.num_classes - 1}")
             elif not np.isfinite(np.asarray(y, dtype=np.float64)).all():
                 raise DataError(f"{self.name}: {split} targets contain NaN or infinite values")
+
+
+def first_nonfinite(name: str, split: str, x, start: int, stop: int) -> None:
+    """Raise naming the first sample in start..stop with a NaN or infinite input, reading
+    the rows in bounded chunks."""
+    for rows in row_chunks(len(x), row_bytes(x), start, stop):
+        ok = np.isfinite(np.asarray(x[rows]).reshape(rows.stop - rows.start, -1)).all(axis=1)
+        if not ok.all():
+            raise DataError(f"{name}: {split} sample {rows.start + int(np.argmin(ok))} has NaN or "
+                            "infinite inputs")
+
+
+def prepare_inputs(x, dtype, scale: float = 1.0, normalizer=None) -> np.ndarray:
+    out = np.asarray(x).astype(dtype)
+    if scale != 1.0:
+        out *= scale
+    if normalizer is not None:
+        normalizer.apply_(out)
+    return out
 
 
 def infer_task(y: np.ndarray) -> tuple[str, int]:

@@ -47,6 +47,10 @@ def npy_cache(folder: str | None, comm):
         _ACTIVE = previous
 
 
+def caching_active() -> bool:
+    return _ACTIVE is not None
+
+
 def source_key(label: str, paths: list[str]) -> str:
     """Names the cache entry: the label plus each source file's real path, size and
     modification time, so a replaced or edited source gets a fresh entry."""

@@ -109,9 +109,26 @@ def _load_cifar10(data_dir):
     return load_cifar10(data_dir)
 
 
-def load_dataset(name: str, data_dir: str | None = None) -> Dataset:
-    if name not in LOADERS:
-        raise DataError(f"unknown dataset {name!r}; choose from {', '.join(LOADERS)}")
-    ds = LOADERS[name](data_dir)
-    ds.validate()
+def load_dataset(name: str, data_dir: str | None = None, options=None, comm=None,
+                 cache_dir: str | None = "default") -> Dataset:
+    """A built-in dataset by name, or your own from a file or folder (mpidl.data.files).
+
+    With `comm`, collective: files that must be decoded (IDX, CIFAR, compressed .npz, tables,
+    image folders) are decoded once per node into `cache_dir` (default ~/.cache/mpidl; None:
+    no cache) and memory-mapped, and each rank checks only its share of the samples."""
+    from mpidl.data.cache import default_cache_dir, npy_cache
+    from mpidl.data.files import load_file_dataset, looks_like_path
+    if name not in LOADERS and not looks_like_path(name):
+        from mpidl.config import did_you_mean
+        raise DataError(f"--dataset {name}: neither a built-in dataset ({', '.join(LOADERS)}) nor a "
+                        f"file or folder{did_you_mean(name, LOADERS)}")
+    if comm is None:
+        ds = LOADERS[name](data_dir) if name in LOADERS else load_file_dataset(name, options)
+        ds.validate()
+        return ds
+    from mpidl.parallel.guard import agreed
+    folder = default_cache_dir() if cache_dir == "default" else cache_dir
+    with npy_cache(folder, comm):
+        ds = LOADERS[name](data_dir) if name in LOADERS else load_file_dataset(name, options)
+    agreed(comm, lambda: ds.validate(comm.rank, comm.size))
     return ds

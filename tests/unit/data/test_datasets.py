@@ -102,7 +102,7 @@ def test_non_finite_inputs_are_refused_by_name():
     x = np.zeros((4, 3))
     x[2, 1] = np.nan
     ds = Dataset("toy", "regression", x, np.zeros((4, 1)), np.zeros((2, 3)), np.zeros((2, 1)), num_classes=1)
-    with pytest.raises(DataError, match="toy: train inputs contain NaN or infinite values"):
+    with pytest.raises(DataError, match="toy: train sample 2 has NaN or infinite inputs"):
         ds.validate()
     ds.x_train[2, 1] = 0
     ds.y_val[1, 0] = np.inf
