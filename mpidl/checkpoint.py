@@ -108,7 +108,8 @@ _NAME = re.compile(r"^ckpt-(\d+)\.npz$")
 MAY_CHANGE_ON_RESUME = frozenset({"out", "threads", "progress", "eval_batch_size", "checkpoint_dir",
                                   "checkpoint_every", "keep_last", "checkpoint_write", "resume", "expect_ranks",
                                   "epochs", "max_steps", "collective_timeout", "check_every",
-                                  "on_drift", "on_nonfinite"})
+                                  "on_drift", "on_nonfinite", "log_every", "timeline",
+                                  "timeline_steps"})
 
 
 def checkpoint_name(step: int) -> str:
@@ -273,6 +274,7 @@ def _prepare_rank0(trainer, folder, keep_last, rngs, epoch_loss, optimizer_state
         "samples_seen": trainer.samples_seen, "train_time": trainer.train_time,
         "world_size": comm.size, "config": trainer.cfg.to_dict(), "layout": trainer.store.layout(),
         "dtype": str(trainer.store.data.dtype), "rng": rngs,
+        "preprocessing": trainer.data.preprocessing(),  # the --normalize statistics, fitted once
     }
     arrays = {"params": trainer.store.data, "epoch_loss": epoch_loss,
               "meta": np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)}
@@ -360,6 +362,12 @@ def restore_checkpoint(trainer, arrays: dict | None) -> dict:
         trainer.model_rng.bit_generator.state = np.random.default_rng([seed, comm.rank, MODEL_STREAM, step]).bit_generator.state
         trainer.data_rng.bit_generator.state = np.random.default_rng([seed, comm.rank, DATA_STREAM, step]).bit_generator.state
 
+    # The statistics the run was trained with (refitting on another rank count could differ
+    # in the last bit).
+    from mpidl.data.normalize import Normalizer
+    saved = Normalizer.from_dict(meta.get("preprocessing", {}).get("normalize"))
+    if saved is not None and trainer.data.normalizer is not None:
+        trainer.data.normalizer = saved
     # Throughput counters (samples_seen, train_time) stay per session: they measure this run.
     trainer.resume_from(meta["global_step"], meta["epoch"], meta["step_in_epoch"], epoch_loss)
     return meta

@@ -167,6 +167,16 @@ def _refuse_what_does_not_apply(cfg: RunConfig, given: dict, spec) -> None:
         refuse("loss", f"--model {cfg.model} has its own loss ({spec.loss}); --loss is for FILE.py:FUNCTION models")
     if "data_dir" in given and cfg.dataset in BUILT_IN_DATASETS:
         refuse("data_dir", f"--dataset {cfg.dataset} is built in and reads no files")
+    from mpidl.data import LOADERS
+    own = cfg.dataset not in LOADERS
+    for flag in ("target", "x_key", "y_key", "val_fraction", "image_size", "task"):
+        if flag in given and not own:
+            refuse(flag, f"applies to your own data (--dataset PATH), not to the built-in {cfg.dataset}")
+    if "data_dir" in given and own:
+        refuse("data_dir", "applies to the built-in mnist, fashion-mnist and cifar10; give your own data "
+                           "as --dataset PATH")
+    if "shuffle_block" in given and cfg.shuffle != "blocks":
+        refuse("shuffle_block", f"applies to --shuffle blocks, not {cfg.shuffle}")
     for flag in ("momentum", "nesterov"):
         if flag in given and given[flag] and cfg.optimizer != "sgd":
             refuse(flag, f"applies to --optimizer sgd, not {cfg.optimizer}")
@@ -193,7 +203,8 @@ def main(argv=None) -> int:
     except SystemExit as exc:  # --help
         return int(exc.code or 0)
     if cfg.out is None:
-        cfg.out = os.path.join("runs", f"{cfg.model.replace(':', '-').replace('/', '_')}-{cfg.dataset}-"
+        data = os.path.basename(os.path.normpath(cfg.dataset)).replace(":", "-")
+        cfg.out = os.path.join("runs", f"{cfg.model.replace(':', '-').replace('/', '_')}-{data}-"
                                        f"{time.strftime('%Y%m%d-%H%M%S')}")
 
     from mpidl.parallel import agreed, world

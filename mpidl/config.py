@@ -29,8 +29,22 @@ def _opt(default, help, **kw):
 class RunConfig:
     # what to train
     model: str = _opt("mlp", "model to train", choices="models")
-    dataset: str | None = _opt(UNSET, "dataset (default: the model's own)", choices="datasets")
+    dataset: str | None = _opt(UNSET, "a built-in dataset (default: the model's own) or your own: a .npz, a folder "
+                                      "of .npy files, a .csv/.tsv table, an .h5 file or an image folder")
     data_dir: str | None = _opt(UNSET, "folder with the dataset's files (MNIST/Fashion-MNIST IDX raw or .gz; CIFAR-10 python batches)")
+    # your own data (--dataset PATH; see "Your own data" in the README)
+    target: str | None = _opt(UNSET, "table: the column holding the targets (default: one named target, "
+                                     "label, class or y)")
+    x_key: str | None = _opt(UNSET, ".npz, .npy folder or HDF5: the inputs' array (default x_train or x)")
+    y_key: str | None = _opt(UNSET, ".npz, .npy folder or HDF5: the targets' array (default y_train or y)")
+    val_fraction: float | None = _opt(UNSET, "hold out this fraction for validation (seeded by --seed) when the "
+                                             "data has no validation split")
+    task: str | None = _opt(UNSET, "what the targets are (default: integers are classes, floats values)",
+                            choices=("classification", "regression"))
+    image_size: str | None = _opt(UNSET, "image folders: resize every image, HxW or one size (e.g. 32x32, 28)")
+    normalize: str = _opt("none", "per-feature (per-channel) preprocessing fitted on the whole training set: "
+                                  "scale to [0, 1] or standard (zero mean, unit variance); saved with the weights",
+                          choices=("none", "scale", "standard"))
     hidden: str | None = _opt(UNSET, "hidden layer sizes of mlp, comma-separated (default 64,64)")
     loss: str | None = _opt(UNSET, "loss of a --model FILE.py:FUNCTION (default from the targets: cross_entropy "
                                    "for class labels, mse for values)")
@@ -39,6 +53,10 @@ class RunConfig:
     max_steps: int | None = _opt(UNSET, "stop after this many optimiser steps in total")
     batch_size: int | None = _opt(UNSET, "GLOBAL batch size, split across ranks")
     drop_last: bool = _opt(True, "drop the last incomplete global batch of each epoch")
+    shuffle: str = _opt("full", "sample order each epoch: full (a fresh permutation), blocks (contiguous blocks "
+                                "of --shuffle-block samples in a fresh order: fewer, longer reads on slow file "
+                                "systems) or none", choices=("full", "blocks", "none"))
+    shuffle_block: int = _opt(0, "samples per block with --shuffle blocks (default: a quarter of the global batch)")
     # optimiser and schedule
     optimizer: str | None = _opt(UNSET, "optimiser", choices=("sgd", "adam", "adamw"))
     lr: float | None = _opt(UNSET, "learning rate (before --lr-scaling)")
@@ -72,12 +90,15 @@ class RunConfig:
                             "training loop; try 2 when augmentation or large inputs make data wait show)")
     cache_dir: str | None = _opt(UNSET, "folder where datasets read from files are kept as .npy and "
                                         "memory-mapped (default ~/.cache/mpidl; 'none': no cache)")
-    timeline: str | None = _opt(UNSET, "write a Chrome trace of every rank's steps to this JSON file "
+    timeline: str | None = _opt(UNSET, "write a Chrome trace of every rank's steps to this JSON file, in the "
+                                       "output folder unless the name has a folder in it "
                                        "(open in ui.perfetto.dev or chrome://tracing)")
     timeline_steps: int = _opt(1000, "steps recorded in the --timeline, from the first")
     # output
     out: str | None = _opt(UNSET, "output folder (default runs/MODEL-DATASET-TIME)")
     eval_batch_size: int = _opt(1000, "samples per evaluation batch on each rank")
+    log_every: int = _opt(0, "also write a record to metrics.jsonl every N steps (step, training loss, "
+                             "learning rate, samples/s); 0: per epoch only")
     progress: str = _opt("auto", "progress display on rank 0: auto (bar on a terminal), bar, log, none",
                          choices=("auto", "bar", "log", "none"))
     # communication (mpidl.parallel.sync)
@@ -123,6 +144,15 @@ class RunConfig:
             raise ConfigError(f"--hidden {self.hidden!r}: sizes must be positive integers")
         return sizes
 
+    def image_hw(self) -> tuple[int, int] | None:
+        if self.image_size is None:
+            return None
+        m = re.fullmatch(r"\s*(\d+)\s*(?:[xX,]\s*(\d+))?\s*", str(self.image_size))
+        if not m or int(m.group(1)) < 1 or (m.group(2) and int(m.group(2)) < 1):
+            raise ConfigError(f"--image-size {self.image_size!r}: expected HEIGHTxWIDTH like 32x32, or one size")
+        h = int(m.group(1))
+        return h, int(m.group(2) or h)
+
     def model_options(self) -> dict:
         """What a model's factory receives as options."""
         return {"hidden": self.hidden_sizes()} if self.hidden is not None else {}
@@ -159,6 +189,9 @@ def validate(cfg: RunConfig) -> None:
     need(cfg.check_every >= 0, "check_every", "must be non-negative")
     need(cfg.prefetch >= 0, "prefetch", "must be non-negative")
     need(cfg.timeline_steps >= 1, "timeline_steps", "must be at least 1")
+    need(cfg.log_every >= 0, "log_every", "must be non-negative")
+    need(cfg.shuffle_block >= 0, "shuffle_block", "must be non-negative")
+    need(cfg.val_fraction is None or 0 < cfg.val_fraction < 1, "val_fraction", "must be between 0 and 1")
     need(not cfg.nesterov or (cfg.optimizer == "sgd" and cfg.momentum > 0), "nesterov",
          "needs --optimizer sgd and --momentum > 0")
     need(cfg.bucket_mb >= 0, "bucket_mb", "must be non-negative")
@@ -178,6 +211,7 @@ def validate(cfg: RunConfig) -> None:
     if cfg.checkpoint_every is not None:
         parse_every(cfg.checkpoint_every)
     cfg.hidden_sizes()
+    cfg.image_hw()
 
 
 def parse_every(text: str) -> tuple[int, str]:
@@ -201,7 +235,8 @@ LIBRARY_DEFAULTS = dict(dataset="arrays", optimizer="adam", lr=1e-3, batch_size=
 def library_config(settings: dict, model_name: str = "custom") -> RunConfig:
     """RunConfig from a Trainer's keywords; an unknown keyword is an error with a suggestion."""
     for key in settings:
-        if key not in FIELDS or key in ("model", "dataset", "data_dir", "config"):
+        if key not in FIELDS or key in ("model", "dataset", "data_dir", "config", "target", "x_key", "y_key",
+                                        "val_fraction", "task", "image_size"):
             raise ConfigError(f"Trainer: unknown setting {key!r}{did_you_mean(key, FIELDS)}")
     if isinstance(settings.get("hidden"), (tuple, list)):
         settings = dict(settings, hidden=",".join(map(str, settings["hidden"])))

@@ -25,7 +25,9 @@ import numpy as np
 
 from mpidl.config import RunConfig, library_config
 from mpidl.data import Dataset, ShardedSampler, as_dataset, eval_shard, load_dataset
-from mpidl.data.cache import default_cache_dir, npy_cache
+from mpidl.data.cache import default_cache_dir
+from mpidl.data.files import FileOptions, take_rows
+from mpidl.data.normalize import fit_normalizer
 from mpidl.data.prefetch import InlineBatches, Prefetcher
 from mpidl.errors import ConfigError, UserError
 from mpidl.init import DATA_STREAM, MODEL_STREAM
@@ -50,7 +52,7 @@ class EpochMetrics:
     val_terms: dict = field(default_factory=dict)  # a multi-term loss's parts (VAE: recon_bce, kl)
 
     def to_dict(self) -> dict:
-        return dict(self.__dict__)
+        return {"kind": "epoch", **self.__dict__}
 
 
 class Trainer:
@@ -84,8 +86,8 @@ class Trainer:
         self = cls.__new__(cls)
         if data is None:
             cache_dir = default_cache_dir() if cfg.cache_dir is None else cfg.cache_dir
-            with npy_cache(None if cache_dir.lower() == "none" else cache_dir, comm):
-                data = load_dataset(cfg.dataset, cfg.data_dir)
+            data = load_dataset(cfg.dataset, cfg.data_dir, file_options(cfg), comm,
+                                None if cache_dir.lower() == "none" else cache_dir)
         model = build_model(cfg.model, data.sample_shape, data.num_classes, cfg.model_options(),
                             dtype=cfg.dtype, seed=cfg.seed, loss=cfg.loss, task=data.task)
         self._setup(cfg, comm, model, data, hooks)
@@ -98,12 +100,16 @@ class Trainer:
             raise ConfigError(f"--model {model.name} ({model.task}) cannot train on --dataset {data.name} "
                               f"({data.task})")
         n_train = len(data.x_train)
+        if n_train < comm.size:
+            raise ConfigError(f"{data.name}: {n_train} training samples are fewer than the {comm.size} ranks")
         if cfg.batch_size < comm.size:
             raise ConfigError(f"--batch-size {cfg.batch_size}: the global batch must hold at least one "
                               f"sample per rank ({comm.size} ranks)")
         if cfg.batch_size > n_train:
             raise ConfigError(f"--batch-size {cfg.batch_size}: larger than the {n_train} training samples "
                               f"of {data.name}")
+        if cfg.normalize != "none" and data.normalizer is None:
+            data.normalizer = fit_normalizer(cfg.normalize, data.x_train, data.scale, comm, data.name)
         self.model_rng = np.random.default_rng([cfg.seed, comm.rank, MODEL_STREAM])
         self.data_rng = np.random.default_rng([cfg.seed, comm.rank, DATA_STREAM])
         model.attach(self.model_rng, comm)
@@ -116,7 +122,8 @@ class Trainer:
         self.clock.align(comm)
 
         self.sampler = ShardedSampler(n_train, cfg.batch_size, comm.rank, comm.size, cfg.seed,
-                                      drop_last=cfg.drop_last)
+                                      drop_last=cfg.drop_last, shuffle=cfg.shuffle,
+                                      block=cfg.shuffle_block or max(1, cfg.batch_size // 4))
         steps_per_epoch = self.sampler.steps_per_epoch
         epochs = cfg.epochs if cfg.epochs is not None else math.ceil(cfg.max_steps / steps_per_epoch)
         self.total_steps = epochs * steps_per_epoch
@@ -151,6 +158,7 @@ class Trainer:
         self.epoch, self.step_in_epoch = 0, 0
         self.epoch_loss = np.zeros(2)
         self._carried_loss = None  # a resumed epoch's loss so far
+        self.last_step_loss = (0.0, 0)  # this rank's summed loss and samples of the last step
         self.stop_requested = False  # set by an on_step hook (preemption): the loop returns after this step
         self.out_dir = None
         self.checkpointer = None
@@ -170,10 +178,10 @@ class Trainer:
     def prepare_batch(self, step):
         """This rank's inputs and targets for `step`: gather, convert, augment (the loader
         thread runs this when prefetching, in step order, so data_rng draws are unchanged)."""
-        x = self.data.inputs(self.data.x_train[step.indices], self.dtype)
+        x = self.data.inputs(take_rows(self.data.x_train, step.indices), self.dtype)
         if self.data.augment is not None:
             x = self.data.augment(x, self.data_rng)
-        y = self.data.y_train[step.indices]
+        y = take_rows(self.data.y_train, step.indices)
         return x, y
 
     def batches(self):
@@ -255,8 +263,8 @@ class Trainer:
         sums = np.zeros(3 + len(terms))
         for start in range(0, len(mine), self.cfg.eval_batch_size):
             idx = mine[start:start + self.cfg.eval_batch_size]
-            x = self.data.inputs(self.data.x_val[idx], self.dtype)
-            batch_loss, batch_correct, *term_sums = self.model.evaluate_sums(x, self.data.y_val[idx])
+            x = self.data.inputs(take_rows(self.data.x_val, idx), self.dtype)
+            batch_loss, batch_correct, *term_sums = self.model.evaluate_sums(x, take_rows(self.data.y_val, idx))
             sums += (batch_loss, batch_correct, len(idx), *term_sums)
         self.comm.allreduce_sum_(sums)
         n = sums[count]
@@ -288,7 +296,8 @@ class Trainer:
                     step, batch = next(feed)
                     if len(batch) == 3:  # prepared ahead: (x, y, data generator state after it)
                         *batch, self._data_rng_after = batch
-                    loss_sum += (self.train_step(step, batch), len(step.indices))
+                    self.last_step_loss = (self.train_step(step, batch), len(step.indices))
+                    loss_sum += self.last_step_loss
                     self.step_in_epoch = step.index + 1
                     for hook in step_hooks:
                         hook(self)
@@ -364,7 +373,7 @@ class Trainer:
         self.wall_time = time.perf_counter() - t0
         self.timing = self.timing_summary()
         if cfg.timeline:
-            self.write_timeline(cfg.timeline)
+            self.write_timeline(self.timeline_path())
         if self.checkpointer is not None:
             if self.checkpointer.preempted:
                 self.checkpointer.finish(self)  # the stop's checkpoint is on disk before we exit
@@ -416,9 +425,22 @@ class Trainer:
         """Mean time per phase over ranks and the slowest rank (collective: every rank calls it)."""
         return gather_summary(self.clock, self.comm)
 
+    def timeline_path(self) -> str:
+        """--timeline NAME lands in the output folder; a path with a folder in it where it says."""
+        path = self.cfg.timeline
+        if self.out_dir is not None and not os.path.dirname(path):
+            return os.path.join(self.out_dir, path)
+        return path
+
     def write_timeline(self, path: str) -> None:
         """Chrome trace of every rank's recorded steps, written by rank 0 (collective)."""
         write_timeline(path, self.clock, self.comm)
+
+
+def file_options(cfg: RunConfig) -> FileOptions:
+    """What --dataset PATH's reader needs to know."""
+    return FileOptions(target=cfg.target, x_key=cfg.x_key, y_key=cfg.y_key, image_size=cfg.image_hw(),
+                       val_fraction=cfg.val_fraction, task=cfg.task, seed=cfg.seed)
 
 
 def _prepare_out_dir(out: str) -> str:

@@ -8,6 +8,11 @@ waits at the end of an epoch for a collective the others never enter.
 When the global batch does not divide by the rank count, slices differ by at most one
 sample (``numpy.array_split``) and the trainer weights each rank's gradient by its
 share, so the update equals the single-process one on the same global batch.
+
+``shuffle="blocks"`` permutes contiguous blocks of samples instead of samples ("careful
+storage I/O"): a global batch is then a few contiguous runs of the file, and each rank's
+slice about one run, which a slow parallel file system serves with a few large reads
+instead of one small read per sample. The blocks' order is fresh every epoch.
 """
 
 from __future__ import annotations
@@ -29,9 +34,13 @@ class Step:
 
 class ShardedSampler:
     def __init__(self, n_samples: int, global_batch: int, rank: int, size: int, seed: int,
-                 drop_last: bool = True, shuffle: bool = True):
+                 drop_last: bool = True, shuffle: bool | str = True, block: int = 64):
         if global_batch < 1:
             raise ValueError("global batch must be at least 1")
+        if shuffle not in (True, False, "full", "blocks", "none"):
+            raise ValueError(f"shuffle={shuffle!r}: choose full, blocks or none")
+        shuffle = {True: "full", False: "none"}.get(shuffle, shuffle)
+        self.block = max(1, int(block))
         self.n = int(n_samples)
         self.batch = int(global_batch)
         self.rank, self.size = rank, size
@@ -46,9 +55,14 @@ class ShardedSampler:
         return -(-self.n // self.batch)
 
     def order(self, epoch: int) -> np.ndarray:
-        if not self.shuffle:
+        if self.shuffle == "none":
             return np.arange(self.n)
-        return np.random.default_rng([self.seed, epoch]).permutation(self.n)
+        rng = np.random.default_rng([self.seed, epoch])
+        if self.shuffle == "full":
+            return rng.permutation(self.n)
+        starts = rng.permutation(-(-self.n // self.block)) * self.block
+        order = (starts[:, None] + np.arange(self.block)).reshape(-1)
+        return order[order < self.n]
 
     def epoch(self, epoch: int, start: int = 0) -> Iterator[Step]:
         order = self.order(epoch)

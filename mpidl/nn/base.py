@@ -203,14 +203,19 @@ class Flatten(Module):
 
 
 class ImageRows(Module):
-    """(batch, channels, rows, cols) -> (batch, rows, channels*cols): an image read row by row."""
+    """(batch, channels, rows, cols) -> (batch, rows, channels*cols): an image read row by row.
+    A sequence (batch, time, features) passes through unchanged."""
 
     def forward(self, x, train=True):
         self._shape = x.shape
+        if x.ndim == 3:
+            return x
         b, c, h, w = x.shape
         return x.transpose(0, 2, 1, 3).reshape(b, h, c * w)
 
     def backward(self, dy):
+        if len(self._shape) == 3:
+            return dy
         b, c, h, w = self._shape
         return dy.reshape(b, h, c, w).transpose(0, 2, 1, 3)
 

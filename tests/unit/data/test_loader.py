@@ -47,3 +47,27 @@ def test_resume_mid_epoch_gives_the_remaining_steps():
 def test_eval_shards_cover_each_sample_once(size, n):
     parts = [eval_shard(n, r, size) for r in range(size)]
     assert sorted(np.concatenate(parts).tolist()) == list(range(n))
+
+
+def test_block_shuffle_draws_each_batch_from_few_contiguous_runs():
+    n, batch, block = 1000, 64, 16
+    s = ShardedSampler(n, batch, 0, 1, seed=5, shuffle="blocks", block=block)
+    order = s.order(0)
+    assert sorted(order) == list(range(n))  # every sample once
+    assert not np.array_equal(order, s.order(1))  # reshuffled every epoch
+    for step in s.epoch(0):
+        runs = 1 + int(np.sum(np.diff(step.indices) != 1))
+        assert runs <= batch // block + 1
+    full = ShardedSampler(n, batch, 0, 1, seed=5)
+    assert 1 + int(np.sum(np.diff(next(full.epoch(0)).indices) != 1)) > 40
+
+
+def test_block_shuffle_keeps_equal_steps_and_disjoint_slices_on_every_rank():
+    n, batch, size = 997, 60, 4
+    samplers = [ShardedSampler(n, batch, r, size, seed=1, shuffle="blocks", block=15) for r in range(size)]
+    steps = [list(s.epoch(2)) for s in samplers]
+    assert len({len(s) for s in steps}) == 1
+    for k in range(len(steps[0])):
+        parts = [steps[r][k].indices for r in range(size)]
+        assert sum(len(p) for p in parts) == batch
+        assert len(set(np.concatenate(parts))) == batch
