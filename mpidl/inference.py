@@ -7,19 +7,36 @@ import os
 
 import numpy as np
 
+from mpidl.data.base import prepare_inputs
+from mpidl.data.normalize import Normalizer
 from mpidl.errors import UserError
 
 
 class Predictor:
     """A trained model with the input scaling it was trained with."""
 
-    def __init__(self, model, input_scale: float = 1.0, class_names=None):
+    def __init__(self, model, input_scale: float = 1.0, class_names=None, normalizer=None, description=None):
         self.model, self.input_scale, self.class_names = model, float(input_scale), class_names
+        self.normalizer = normalizer
+        self.description = description or {}
         self.task = model.task
+
+    def inputs(self, x) -> np.ndarray:
+        """Raw samples -> model inputs, exactly as training prepared them (scale, --normalize)."""
+        return prepare_inputs(x, self.model.store.data.dtype, self.input_scale, self.normalizer)
 
     def outputs(self, x, batch_size: int = 1000) -> np.ndarray:
         """The network's raw outputs (class scores, probability or values), evaluation mode."""
-        return self.model.predict(x, batch_size, scale=self.input_scale)
+        outs = [self.model.predict(self.inputs(x[i:i + batch_size]), batch_size)
+                for i in range(0, len(x), batch_size)]
+        return np.concatenate(outs) if outs else np.zeros((0,))
+
+    def class_codes(self, labels) -> np.ndarray:
+        """predict()'s labels (names or numbers) as class codes 0, 1, ..."""
+        if self.class_names and np.asarray(labels).dtype.kind in "USO":
+            codes = {n: i for i, n in enumerate(self.class_names)}
+            return np.array([codes[str(v)] for v in labels], dtype=np.int64)
+        return np.asarray(labels).astype(np.int64)
 
     def predict(self, x, batch_size: int = 1000) -> np.ndarray:
         """Class labels for a classifier (names if the training data had them), 0/1 for a
@@ -69,4 +86,5 @@ def load(path: str, net=None) -> Predictor:
                         f"(names or shapes differ: {sorted(set(mine) ^ set(weights))[:5]})")
     for name, value in weights.items():
         mine[name].data[...] = value
-    return Predictor(model, desc.get("input_scale", 1.0), desc.get("class_names"))
+    return Predictor(model, desc.get("input_scale", 1.0), desc.get("class_names"),
+                     Normalizer.from_dict(desc.get("normalize")), desc)

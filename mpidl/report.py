@@ -7,6 +7,9 @@ import json
 import math
 import os
 import sys
+import time
+
+import numpy as np
 
 from mpidl import __version__
 
@@ -32,9 +35,14 @@ class Reporter:
     def __init__(self, cfg, trainer, out_dir, enabled: bool):
         self.enabled = enabled
         self.out_dir = out_dir
+        self.started = time.perf_counter()
         self.trainer = trainer
         self.bar = None
         self.metrics_file = None
+        # --log-every: this rank's loss sum and sample count since the last step record
+        self.log_every = cfg.log_every
+        self.pending = np.zeros(2)
+        self.last_log = (trainer.global_step, trainer.samples_seen, time.perf_counter())
         mode = cfg.progress
         if mode == "auto":
             mode = "bar" if sys.stdout.isatty() else "log"
@@ -48,7 +56,7 @@ class Reporter:
         if out_dir is not None:
             path = os.path.join(out_dir, "metrics.jsonl")
             # A resumed run keeps the epochs finished before its checkpoint, drops any logged after it.
-            kept = _metric_lines_before(path, trainer.epoch) if trainer.global_step > 0 else []
+            kept = _metric_lines_before(path, trainer.epoch, trainer.global_step) if trainer.global_step > 0 else []
             self.metrics_file = open(path, "w")
             self.metrics_file.writelines(kept)
 
@@ -68,6 +76,27 @@ class Reporter:
     def on_step(self, trainer):
         if self.bar is not None:
             self.bar.update(1)
+        if self.log_every:
+            self.pending += trainer.last_step_loss
+            if trainer.global_step % self.log_every == 0:
+                self.log_step(trainer)
+
+    def log_step(self, trainer):
+        """A step record: the mean training loss over all ranks since the last one (collective)."""
+        totals = trainer.comm.allreduce_sum_(self.pending.copy(), what="Allreduce(logged loss)")
+        self.pending[:] = 0
+        step0, seen0, t0 = self.last_log
+        now = time.perf_counter()
+        self.last_log = (trainer.global_step, trainer.samples_seen, now)
+        if self.metrics_file is None:
+            return
+        record = {"kind": "step", "step": trainer.global_step, "epoch": trainer.epoch + 1,
+                  "train_loss": float(totals[0] / max(totals[1], 1)),
+                  "lr": float(trainer.schedule(max(trainer.global_step - 1, 0))),
+                  "samples_per_sec": (trainer.samples_seen - seen0) / max(now - t0, 1e-9),
+                  "wall_time": now - self.started}
+        self.metrics_file.write(dumps(record) + "\n")
+        self.metrics_file.flush()
 
     def on_epoch(self, trainer, m):
         if not self.enabled:
@@ -96,10 +125,15 @@ class Reporter:
             self.metrics_file = None
 
 
-def _metric_lines_before(path: str, epochs_done: int) -> list[str]:
+def _metric_lines_before(path: str, epochs_done: int, step: int) -> list[str]:
+    """The records of a resumed run's past: epochs finished and steps trained before its checkpoint."""
+    def kept(record):
+        if record.get("kind") == "step":
+            return record["step"] <= step
+        return record["epoch"] <= epochs_done
     try:
         with open(path) as f:
-            return [line for line in f if line.strip() and json.loads(line)["epoch"] <= epochs_done]
+            return [line for line in f if line.strip() and kept(json.loads(line))]
     except (OSError, ValueError, KeyError):
         return []
 
@@ -152,7 +186,7 @@ def write_outputs(trainer, history) -> None:
             raise UserError(f"--out {out_dir}: cannot write the final outputs ({exc.strerror or exc})")
     print(format_summary(trainer.timing, trainer.comm.size), flush=True)
     if cfg.timeline:
-        print(f"timeline of {trainer.comm.size} rank(s) written to {cfg.timeline}", flush=True)
+        print(f"timeline of {trainer.comm.size} rank(s) written to {trainer.timeline_path()}", flush=True)
     finish = getattr(trainer.model, "finish", None)
     if finish is not None and out_dir is not None:  # model-specific outputs (the VAE's PNG)
         written = finish(trainer.model, data, out_dir)
@@ -169,9 +203,14 @@ def write_outputs(trainer, history) -> None:
 def model_description(trainer) -> dict:
     """What mpidl.load needs besides the weights: how to rebuild the network (a registered
     name or a factory's import path, with its arguments), the loss and the input scaling."""
-    model, data = trainer.model, trainer.data
+    model, data, cfg = trainer.model, trainer.data, trainer.cfg
     return {"format": "mpidl-model", "version": 1, "mpidl_version": __version__,
             "recipe": model.recipe, "loss": model.loss_name, "task": model.task,
-            "dtype": str(model.store.data.dtype), "input_scale": data.scale,
+            "dtype": str(model.store.data.dtype), **data.preprocessing(),
             "sample_shape": list(data.sample_shape), "num_classes": data.num_classes,
-            "class_names": getattr(data, "class_names", None)}
+            "class_names": data.class_names, "feature_names": data.feature_names,
+            # how the data was read: mpidl.predict reads new inputs the same way
+            "data": {"dataset": cfg.dataset, "source": data.source, "val_split": data.val_name,
+                     "target": cfg.target, "x_key": cfg.x_key, "y_key": cfg.y_key,
+                     "val_fraction": cfg.val_fraction, "seed": cfg.seed, "image_size": cfg.image_size,
+                     "task": cfg.task}}
