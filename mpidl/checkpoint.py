@@ -275,6 +275,8 @@ def _prepare_rank0(trainer, folder, keep_last, rngs, epoch_loss, optimizer_state
         "world_size": comm.size, "config": trainer.cfg.to_dict(), "layout": trainer.store.layout(),
         "dtype": str(trainer.store.data.dtype), "rng": rngs,
         "preprocessing": trainer.data.preprocessing(),  # the --normalize statistics, fitted once
+        "class_names": trainer.data.class_names, "feature_names": trainer.data.feature_names,
+        "model": trainer.model.recipe,  # the architecture, as in model.json
     }
     arrays = {"params": trainer.store.data, "epoch_loss": epoch_loss,
               "meta": np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)}

@@ -2,8 +2,8 @@
 
     python -m mpidl.predict RUN_DIR INPUT [--out predictions.csv] [--split val|train|all]
 
-INPUT is any format --dataset reads (.npz, .npy folder, .csv/.tsv, .h5, image folder), or a
-single .npy of inputs. It is read the way the run read its training data (the target column,
+INPUT is any format --dataset reads (.npz, .npy folder, .csv/.tsv, .h5, image folder), a
+single .npy of inputs, or unlabelled images (a folder of them, or one). It is read the way the run read its training data (the target column,
 the array names, the image size, the seeded validation split, all from RUN_DIR/model.json),
 and prepared exactly as training prepared it (scale, --normalize), so the accuracy printed
 for the run's own validation data is the accuracy the run reported.
@@ -27,20 +27,27 @@ def _fail(message: str) -> int:
 
 
 def read_inputs(path: str, desc: dict, split: str | None):
-    """(inputs, targets or None, split name) of `path`, chosen as the run chose them."""
+    """(inputs, targets or None, split name, file names or None) of `path`, chosen as the run chose them."""
     from mpidl.data.files import FileOptions, Rows, read_splits, validation_rows
     from mpidl.errors import DataError
     data = desc.get("data") or {}
     if not os.path.exists(path):
         raise DataError(f"{path}: no such file or folder")
     lower = path.lower()
+    loose = _loose_images(path)
+    if loose:  # a folder of unlabelled images, or one image
+        from mpidl.data.images import _import_pillow, decode_images
+        if split not in (None, "all"):
+            raise DataError(f"{path}: unlabelled images have no {split} split; use --split all")
+        size = tuple(desc["sample_shape"][1:]) if len(desc.get("sample_shape") or ()) == 3 else None
+        return decode_images(_import_pillow(path), loose, size), None, "all", [os.path.basename(f) for f in loose]
     if lower.endswith((".csv", ".tsv", ".txt")):
         return _table_inputs(path, desc, split)
     if lower.endswith(".npy") and not os.path.isdir(path):
         from mpidl.data.arrays import open_arrays
         if split not in (None, "all"):
             raise DataError(f"{path}: one .npy of inputs has no {split} split; use --split all")
-        return open_arrays(path)["x"], None, "all"
+        return open_arrays(path)["x"], None, "all", None
     image_size = data.get("image_size")
     options = FileOptions(x_key=data.get("x_key"), y_key=data.get("y_key"),
                           image_size=tuple(desc["sample_shape"][1:]) if image_size else None)
@@ -71,20 +78,30 @@ def read_inputs(path: str, desc: dict, split: str | None):
                 yv = _recode(np.asarray(s.class_names)[np.asarray(yv)], desc["class_names"])
             elif np.asarray(yv[:1]).dtype.kind in "USO":
                 yv = _recode(np.asarray(yv).astype(str), desc.get("class_names") or [])
-            return s.x_val, yv, s.val_name
+            return s.x_val, yv, s.val_name, None
         if fraction:
             val, _ = validation_rows(len(x), fraction, data.get("seed", 0))
-            return Rows(x, val), None if y is None else np.asarray(y)[val], "val"
+            return Rows(x, val), None if y is None else np.asarray(y)[val], "val", None
         raise DataError(f"{path}: no validation split (the run evaluated on its training data); "
                         "use --split all")
     if split == "train":
         if fraction and not has_val:
             _, train = validation_rows(len(x), fraction, data.get("seed", 0))
-            return Rows(x, train), None if y is None else np.asarray(y)[train], "train"
-        return x, y, "train"
+            return Rows(x, train), None if y is None else np.asarray(y)[train], "train", None
+        return x, y, "train", None
     if has_val:
         raise DataError(f"{path}: has a training and a {s.val_name} split; choose --split train or val")
-    return x, y, "all"
+    return x, y, "all", None
+
+
+def _loose_images(path: str) -> list[str]:
+    """The image files of a folder without class folders (or the one image `path`)."""
+    from mpidl.data.images import EXTENSIONS, class_folders, image_files
+    if os.path.isfile(path):
+        return [path] if path.lower().endswith(EXTENSIONS) else []
+    if class_folders(path):
+        return []
+    return image_files(path)
 
 
 def _recode(names: np.ndarray, class_names: list) -> np.ndarray:
@@ -120,8 +137,8 @@ def _table_inputs(path: str, desc: dict, split):
             raise DataError(f"{path}: the run had no --val-fraction split of this table; use --split all")
         val, train = validation_rows(len(x), fraction, data.get("seed", 0))
         rows = val if split == "val" else train
-        return Rows(x, rows), None if y is None else y[rows], split
-    return x, y, "all"
+        return Rows(x, rows), None if y is None else y[rows], split, None
+    return x, y, "all", None
 
 
 def main(argv=None) -> int:
@@ -137,12 +154,12 @@ def main(argv=None) -> int:
     from mpidl.inference import load
     try:
         predictor = load(args.run)
-        x, y, split = read_inputs(args.input, predictor.description, args.split)
+        x, y, split, files = read_inputs(args.input, predictor.description, args.split)
         want = tuple(predictor.description.get("sample_shape") or x.shape[1:])
         if tuple(x.shape[1:]) != want:
             raise UserError(f"{args.input}: samples have shape {tuple(x.shape[1:])}, the run trained on {want}")
         labels = predictor.predict(x, args.batch_size)
-        _write_csv(args.out, labels, y, predictor)
+        _write_csv(args.out, labels, y, predictor, files)
     except UserError as exc:
         return _fail(str(exc))
     except OSError as exc:
@@ -163,12 +180,12 @@ def _score(predictor, labels, y) -> str:
     return f"accuracy {float(np.mean(codes == y)):.4f} ({int(np.sum(codes == y))} of {len(y)})"
 
 
-def _write_csv(path: str, labels, y, predictor) -> None:
+def _write_csv(path: str, labels, y, predictor, files=None) -> None:
     from mpidl.checkpoint import atomic_write
     values = np.asarray(labels)
     names = predictor.class_names
     rows = []
-    header = ["row"]
+    header = ["row"] + (["file"] if files else [])
     if values.ndim == 2 and values.shape[1] > 1:
         header += [f"prediction_{j}" for j in range(values.shape[1])]
     else:
@@ -176,7 +193,7 @@ def _write_csv(path: str, labels, y, predictor) -> None:
     if y is not None:
         header.append("target")
     for i in range(len(values)):
-        row = [i] + (list(values[i]) if values.ndim == 2 and values.shape[1] > 1 else [np.ravel(values[i])[0]])
+        row = [i] + ([files[i]] if files else []) + (list(values[i]) if values.ndim == 2 and values.shape[1] > 1 else [np.ravel(values[i])[0]])
         if y is not None:
             t = np.ravel(y[i]) if np.ndim(y[i]) else [y[i]]
             row.append(names[int(t[0])] if names and 0 <= int(t[0]) < len(names) else

@@ -84,6 +84,21 @@ def test_each_format_trains_on_two_ranks_and_predictions_reproduce_the_accuracy(
     assert rows[0] == "row,prediction,target" and len(rows) == total + 1
     if fmt == "csv":
         assert rows[1].split(",")[1] in CLASSES
+    if fmt == "images":  # unlabelled images: a folder of them, predicted by file name
+        import shutil
+        loose = tmp_path / "loose"
+        loose.mkdir()
+        bags = sorted((fashion / "images" / "val" / "Bag").iterdir())[:4]
+        for f in bags:
+            shutil.copy(f, loose / f.name)
+        pred = _predict(run, loose, tmp_path, "--out", str(out))
+        assert pred.returncode == 0, pred.stderr
+        lines = out.read_text().splitlines()
+        assert lines[0] == "row,file,prediction" and [l.split(",")[1] for l in lines[1:]] == [f.name for f in bags]
+        assert sum(l.split(",")[2] == "Bag" for l in lines[1:]) >= 2
+        wrong = _predict(run, fashion / "npy", tmp_path, "--out", str(tmp_path / "no.csv"))
+        assert wrong.returncode == 2 and "samples have shape (784,), the run trained on (1, 28, 28)" in wrong.stderr
+        assert not (tmp_path / "no.csv").exists()
 
 
 def test_mpidl_load_predicts_raw_samples_with_the_training_preprocessing(fashion, tmp_path):

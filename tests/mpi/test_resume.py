@@ -191,3 +191,22 @@ def test_resume_with_prefetch_is_bitwise_exact(folder, stop):
     assert np.array_equal(resumed.store.data, whole.store.data), \
         f"{comm.size} ranks, prefetch: resumed weights differ by {np.abs(resumed.store.data - whole.store.data).max():.3g}"
     assert resumed.data_rng_state() == whole.data_rng_state()
+
+
+@pytest.mark.mpi
+def test_resume_uses_the_normalisation_statistics_saved_in_the_checkpoint(folder):
+    """--normalize statistics travel with the checkpoint: a resumed run uses the saved ones
+    (even if refitting would give others) and finishes bitwise as the uninterrupted run."""
+    comm = world()
+    args = [*BASE, *OPTIMISERS[0], "--normalize", "standard"]
+    whole = _trainer(args, comm, folder / "unused")
+    whole.train()
+    first = _trainer(args, comm, folder)
+    first.train(on_step=_stop_at(17))
+    resumed = _trainer(args, comm, folder)
+    resumed.data.normalizer.shift = resumed.data.normalizer.shift + 1.0  # what a refit must not decide
+    found = newest_good(str(folder)) if comm.rank == 0 else None
+    restore_checkpoint(resumed, found[1] if found else None)
+    np.testing.assert_array_equal(resumed.data.normalizer.shift, first.data.normalizer.shift)
+    resumed.train()
+    assert np.array_equal(resumed.store.data, whole.store.data)
