@@ -13,9 +13,10 @@ the same sample shape (x_train, y_train; the 10,000 test images as x_val, y_val)
    page cache, against the 0.3 GB folder loaded into every rank's memory (np.load); pairs
    alternated, median of --repeats.
 3. Reads on a cold cache, one process: samples/s gathering batches from the 2 GB file in the
-   order --shuffle full and --shuffle blocks give (block sizes 32, 128, 512 samples).
+   order --shuffle full and --shuffle blocks give (blocks of 32, 128, the default 334 = 1 MiB,
+   and 2048 samples).
 4. Accuracy: mlp 784-256-256-10 on the real Fashion-MNIST, 2 ranks, --shuffle full against
-   --shuffle blocks (block 32 = a quarter of the batch), same seed and epochs.
+   --shuffle blocks (blocks of 32, 128 and the default 334), same seed and epochs.
 
 "Cold" = every page of the files dropped from the page cache with posix_fadvise(DONTNEED)
 before the run (no root needed; the file's pages are clean).
@@ -34,6 +35,8 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import HERE, REPO, child_env, mpiexec  # noqa: E402
+
+from mpidl.data.loader import default_block  # noqa: E402
 
 SAMPLE_BYTES = 784 * 4
 
@@ -100,11 +103,12 @@ def read_rate(folder: str, shuffle: str, block: int, batches: int) -> float:
     return n / (time.perf_counter() - t0)
 
 
-def accuracy(shuffle: str, epochs: int) -> float:
+def accuracy(shuffle: str, epochs: int, block: int = 0) -> float:
     with tempfile.TemporaryDirectory() as out:
         cmd = [mpiexec(), "-n", "2", sys.executable, "-m", "mpidl.train", "--model", "mlp", "--hidden", "256,256",
                "--dataset", "fashion-mnist", "--epochs", str(epochs), "--batch-size", "128", "--optimizer", "adam",
-               "--lr", "1e-3", "--shuffle", shuffle, "--progress", "none", "--out", out]
+               "--lr", "1e-3", "--shuffle", shuffle, "--progress", "none", "--out", out,
+               *(["--shuffle-block", str(block)] if block else [])]
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=1800, cwd=REPO, env=child_env(2))
         if proc.returncode != 0:
             raise RuntimeError(proc.stderr[-3000:])
@@ -163,7 +167,7 @@ def main():
 
         # 3. cold reads in the shuffles' orders
         reads = {"full": read_rate(large, "full", 1, args.read_batches)}
-        for block in (32, 128, 512):
+        for block in (32, 128, default_block(results["large_samples"], SAMPLE_BYTES), 2048):
             reads[f"blocks {block}"] = read_rate(large, "blocks", block, args.read_batches)
         results["cold_read_samples_per_sec"] = reads
         for k, v in reads.items():
@@ -171,10 +175,12 @@ def main():
                   f"{v / reads['full']:.1f}x full", flush=True)
 
     # 4. accuracy of block shuffling
-    acc = {mode: accuracy(mode, args.epochs) for mode in ("full", "blocks")}
+    acc = {"full": accuracy("full", args.epochs)}
+    for block in (32, 128, default_block(60000, SAMPLE_BYTES)):
+        acc[f"blocks {block}"] = accuracy("blocks", args.epochs, block)
     results["accuracy_fashion_mnist"] = {"epochs": args.epochs, **acc}
-    print(f"Fashion-MNIST test accuracy after {args.epochs} epochs, 2 ranks: full {acc['full']:.4f}, "
-          f"blocks (32) {acc['blocks']:.4f}", flush=True)
+    print(f"Fashion-MNIST test accuracy after {args.epochs} epochs, 2 ranks: " +
+          ", ".join(f"{k} {v:.4f}" for k, v in acc.items()), flush=True)
     os.makedirs(os.path.dirname(args.out), exist_ok=True)
     with open(args.out, "w") as f:
         json.dump(results, f, indent=2)

@@ -56,7 +56,8 @@ class RunConfig:
     shuffle: str = _opt("full", "sample order each epoch: full (a fresh permutation), blocks (contiguous blocks "
                                 "of --shuffle-block samples in a fresh order: fewer, longer reads on slow file "
                                 "systems) or none", choices=("full", "blocks", "none"))
-    shuffle_block: int = _opt(0, "samples per block with --shuffle blocks (default: a quarter of the global batch)")
+    shuffle_block: int = _opt(0, "samples per block with --shuffle blocks (default: about 1 MiB of samples, "
+                                 "at most 1/64 of the training set)")
     # optimiser and schedule
     optimizer: str | None = _opt(UNSET, "optimiser", choices=("sgd", "adam", "adamw"))
     lr: float | None = _opt(UNSET, "learning rate (before --lr-scaling)")

@@ -26,7 +26,8 @@ import numpy as np
 from mpidl.config import RunConfig, library_config
 from mpidl.data import Dataset, ShardedSampler, as_dataset, eval_shard, load_dataset
 from mpidl.data.cache import default_cache_dir
-from mpidl.data.files import FileOptions, take_rows
+from mpidl.data.files import FileOptions, row_bytes, take_rows
+from mpidl.data.loader import default_block
 from mpidl.data.normalize import fit_normalizer
 from mpidl.data.prefetch import InlineBatches, Prefetcher
 from mpidl.errors import ConfigError, UserError
@@ -123,7 +124,7 @@ class Trainer:
 
         self.sampler = ShardedSampler(n_train, cfg.batch_size, comm.rank, comm.size, cfg.seed,
                                       drop_last=cfg.drop_last, shuffle=cfg.shuffle,
-                                      block=cfg.shuffle_block or max(1, cfg.batch_size // 4))
+                                      block=cfg.shuffle_block or default_block(n_train, row_bytes(data.x_train)))
         steps_per_epoch = self.sampler.steps_per_epoch
         epochs = cfg.epochs if cfg.epochs is not None else math.ceil(cfg.max_steps / steps_per_epoch)
         self.total_steps = epochs * steps_per_epoch

@@ -72,6 +72,12 @@ class ShardedSampler:
             yield Step(epoch, s, mine, len(batch), len(mine) * self.size / len(batch))
 
 
+def default_block(n_samples: int, sample_bytes: int) -> int:
+    """--shuffle blocks without --shuffle-block: about 1 MiB of consecutive samples per block
+    (where reads got faster, benchmarks/data_at_scale.py), but at least 64 blocks to permute."""
+    return max(1, min((1 << 20) // max(sample_bytes, 1), n_samples // 64))
+
+
 def eval_shard(n_samples: int, rank: int, size: int) -> np.ndarray:
     """This rank's part of an evaluation set: disjoint, together covering every sample once."""
     return np.array_split(np.arange(n_samples), size)[rank]

@@ -71,3 +71,10 @@ def test_block_shuffle_keeps_equal_steps_and_disjoint_slices_on_every_rank():
         parts = [steps[r][k].indices for r in range(size)]
         assert sum(len(p) for p in parts) == batch
         assert len(set(np.concatenate(parts))) == batch
+
+
+def test_default_block_is_about_a_mebibyte_but_leaves_blocks_to_permute():
+    from mpidl.data.loader import default_block
+    assert default_block(640_000, 3136) == 334      # float32 28x28: 1 MiB of samples
+    assert default_block(1437, 64) == 22            # small data: at least 64 blocks
+    assert default_block(10, 10**7) == 1
