@@ -118,6 +118,8 @@ def load_dataset(name: str, data_dir: str | None = None, options=None, comm=None
     no cache) and memory-mapped, and each rank checks only its share of the samples."""
     from mpidl.data.cache import default_cache_dir, npy_cache
     from mpidl.data.files import load_file_dataset, looks_like_path
+    if name not in LOADERS:
+        name = os.path.expanduser(name)
     if name not in LOADERS and not looks_like_path(name):
         from mpidl.config import did_you_mean
         raise DataError(f"--dataset {name}: neither a built-in dataset ({', '.join(LOADERS)}) nor a "

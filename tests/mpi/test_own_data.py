@@ -42,6 +42,9 @@ def _write_formats(folder):
         f.write(",".join(f"p{i}" for i in range(36)) + ",shade\n")
         for row, t in zip(x, labels):
             f.write(",".join(str(int(v)) for v in row) + f",{names[t]}\n")
+    os.mkdir(os.path.join(folder, "seq"))  # sequences (N, T, F): 6 time steps of 6 features
+    np.save(os.path.join(folder, "seq", "x.npy"), x.reshape(n, 6, 6))
+    np.save(os.path.join(folder, "seq", "y.npy"), labels)
     import h5py
     with h5py.File(os.path.join(folder, "d.h5"), "w") as h:
         h.create_dataset("x_train", data=x[:96], chunks=(8, 36), compression="gzip")
@@ -73,6 +76,8 @@ CASES = {
     "csv": ["--dataset", "d.csv", "--target", "shade", "--val-fraction", "0.2", "--normalize", "standard"],
     "hdf5": ["--dataset", "d.h5", "--normalize", "standard", "--shuffle", "blocks", "--shuffle-block", "5"],
     "images": ["--dataset", "img", "--normalize", "standard", "--model", "cnn"],
+    "sequences gru": ["--dataset", "seq", "--val-fraction", "0.2", "--normalize", "standard", "--model", "gru"],
+    "sequences transformer": ["--dataset", "seq", "--val-fraction", "0.2", "--model", "transformer"],
 }
 
 
