@@ -16,9 +16,9 @@ import json
 import math
 import os
 import sys
-import tempfile
 from dataclasses import dataclass, field
 
+from mpidl.checkpoint import atomic_write
 from mpidl.errors import EXIT_USAGE
 
 PROG = "mpidl.plot"
@@ -110,24 +110,6 @@ def read_run(run_dir: str) -> Run:
     return run
 
 
-def _write_atomically(path: str, write) -> None:
-    """write(fileobj) into a temporary file next to `path`, then rename: a failure leaves no
-    half-written image behind (and no temporary file)."""
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=os.path.basename(path),
-                               dir=os.path.dirname(os.path.abspath(path)))
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-        umask = os.umask(0)  # mkstemp makes the file 0600: give it the user's usual permissions
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def _common(values):
     """The one value all runs share, else None."""
     values = {v for v in values if v is not None}
@@ -209,7 +191,7 @@ def draw(runs: list[Run], labels: list[str], out: str) -> None:
         plt.close(fig)
         raise PlotError(f"cannot write {out}: unknown image format {ext!r} (use .png)")
     try:
-        _write_atomically(out, lambda f: fig.savefig(f, format=fmt, dpi=110))
+        atomic_write(out, lambda f: fig.savefig(f, format=fmt, dpi=110))
     except OSError as e:
         raise PlotError(f"cannot write {out}: {e}") from None
     finally:

@@ -45,3 +45,16 @@ def rank_pids(marker: str, count: int = 0, timeout: float = 60) -> list[int]:
 
 def run_train(n: int, args: list[str], timeout: float = 300, **kw):
     return run_mpi(n, ["-m", "mpidl.train", *args], timeout=timeout, **kw)
+
+
+def shared_tmpdir(comm) -> str:
+    """A folder made by rank 0, its path sent to every rank (the ranks share this machine's disk)."""
+    import tempfile
+
+    import numpy as np
+    buf = np.zeros(512, dtype=np.uint8)
+    if comm.rank == 0:
+        path = tempfile.mkdtemp(prefix="mpidl-test-").encode()
+        buf[:len(path)] = np.frombuffer(path, dtype=np.uint8)
+    comm.bcast_(buf)
+    return bytes(buf).rstrip(b"\0").decode()

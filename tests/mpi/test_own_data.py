@@ -3,25 +3,17 @@ shuffling give the single-process weights within 1e-10 (float64), with equal ste
 every rank."""
 
 import os
-import tempfile
 
 import numpy as np
 import pytest
+
+from support import shared_tmpdir
 
 from mpidl.cli import parse_config
 from mpidl.parallel.comm import SerialComm, world
 from mpidl.trainer import Trainer
 
 REL_TOL = 1e-10
-
-
-def _shared_tmpdir(comm) -> str:
-    buf = np.zeros(512, dtype=np.uint8)
-    if comm.rank == 0:
-        path = tempfile.mkdtemp(prefix="mpidl-own-data-").encode()
-        buf[:len(path)] = np.frombuffer(path, dtype=np.uint8)
-    comm.bcast_(buf)
-    return bytes(buf).rstrip(b"\0").decode()
 
 
 def _write_formats(folder):
@@ -62,7 +54,7 @@ def _write_formats(folder):
 @pytest.fixture(scope="module")
 def data_folder():
     comm = world()
-    folder = _shared_tmpdir(comm)
+    folder = shared_tmpdir(comm)
     if comm.rank == 0:
         _write_formats(folder)
     comm.barrier()

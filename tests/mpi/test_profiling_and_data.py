@@ -3,25 +3,16 @@ world size; expected values follow from rank and size."""
 
 import json
 import os
-import tempfile
 
 import numpy as np
 import pytest
 
-from mpidl.parallel.comm import world
+from support import shared_tmpdir
+
 from mpidl.cli import parse_config
+from mpidl.parallel.comm import world
 from mpidl.timing import PHASES, StepClock, gather_summary
 from mpidl.trainer import Trainer
-
-
-def _shared_tmpdir(comm) -> str:
-    """A folder made by rank 0, its path sent to every rank (ranks share this machine's disk)."""
-    buf = np.zeros(512, dtype=np.uint8)
-    if comm.rank == 0:
-        path = tempfile.mkdtemp(prefix="mpidl-test-").encode()
-        buf[:len(path)] = np.frombuffer(path, dtype=np.uint8)
-    comm.bcast_(buf)
-    return bytes(buf).rstrip(b"\0").decode()
 
 
 @pytest.mark.mpi
@@ -59,7 +50,7 @@ def test_summary_means_over_ranks_and_names_the_slowest():
 @pytest.mark.parametrize("prefetch", [0, 2])
 def test_timeline_is_chrome_trace_with_a_track_per_rank(prefetch):
     comm = world()
-    path = os.path.join(_shared_tmpdir(comm), "timeline.json")
+    path = os.path.join(shared_tmpdir(comm), "timeline.json")
     steps = 12
     cfg = parse_config(["--model", "mlp", "--max-steps", str(steps), "--batch-size", "32",
                         "--timeline", path, "--timeline-steps", "10", "--prefetch", str(prefetch)])
@@ -91,7 +82,7 @@ def test_dataset_cache_written_once_and_mapped_by_every_rank():
     from mpidl.data.cache import npy_cache
     from mpidl.data.datasets import load_idx_dataset
     comm = world()
-    root = _shared_tmpdir(comm)
+    root = shared_tmpdir(comm)
     src = os.path.join(root, "src")
     if comm.rank == 0:
         import gzip
