@@ -15,9 +15,9 @@ __all__ = ["world", "DistributedOptimizer", "broadcast_and_verify", "make_sync",
 def world(threads: int | None = None, collective_timeout: float = 300.0, expect_ranks: int | None = None):
     """The communicator of all ranks, set up as the command line sets it up: MPI starts here,
     BLAS gets `threads` per rank (default: this node's cores / its ranks), an exception on one
-    rank aborts all of them, a rank stuck `collective_timeout` s in one collective aborts the
-    job, and `expect_ranks` (or a SLURM launch that made N worlds of one) is checked."""
-    comm = _comm.world()
+    rank aborts all of them, a rank stuck `collective_timeout` s in one collective (or in
+    MPI_Init, waiting for a rank that never starts) aborts the job, and `expect_ranks` (or a SLURM launch that made N worlds of one) is checked."""
+    comm = _comm.world(startup_timeout=collective_timeout or None)
     install_abort_on_exception(comm)
     try:
         check_world_size(comm, expect_ranks)

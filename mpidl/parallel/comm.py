@@ -357,14 +357,31 @@ def _yield_when_oversubscribed() -> None:
         os.environ.setdefault("OMPI_MCA_mpi_yield_when_idle", "1")
 
 
-def world() -> Communicator:
-    """The communicator of all ranks; starts MPI on first use."""
+def _start_mpi_or_exit_if_a_peer_rank_never_starts(timeout: float | None):
+    """Import mpi4py.MPI (MPI_Init). MPI_Init waits for every rank; a rank that is stopped or
+    hung before it would hang its peers here, holding the GIL, where no Python watchdog runs.
+    faulthandler's timer is a C thread: after `timeout` s it prints this function's name and
+    the stack to stderr and exits, and the launcher then ends the job."""
+    import faulthandler
+    if timeout:
+        faulthandler.dump_traceback_later(timeout, exit=True)
+    try:
+        from mpi4py import MPI
+    finally:
+        if timeout:
+            faulthandler.cancel_dump_traceback_later()
+    return MPI
+
+
+def world(startup_timeout: float | None = None) -> Communicator:
+    """The communicator of all ranks; starts MPI on first use (exiting after `startup_timeout`
+    seconds if some rank never reaches MPI_Init)."""
     global _WORLD
     if _WORLD is not None:
         return _WORLD
     _yield_when_oversubscribed()
     try:
-        from mpi4py import MPI
+        MPI = _start_mpi_or_exit_if_a_peer_rank_never_starts(startup_timeout)
     except (ImportError, RuntimeError) as exc:
         if any(v in os.environ for v in _LAUNCHER_VARS):
             raise RuntimeError(

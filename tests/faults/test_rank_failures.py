@@ -65,3 +65,13 @@ def test_exception_mid_training_ends_every_rank_with_one_tagged_message(tmp_path
     assert elapsed < 20, f"took {elapsed:.1f}s"
     assert proc.stderr.count("RuntimeError: injected failure at step 5") == 1
     assert "[rank 2] RuntimeError: injected failure" in proc.stderr
+
+
+def test_a_rank_stopped_before_mpi_starts_ends_the_job_after_the_timeout():
+    script = os.path.join(REPO, "tests", "helpers", "scripts", "stop_before_mpi.py")
+    t0 = time.perf_counter()
+    proc = run_mpi(2, [script, "3"], timeout=60)
+    elapsed = time.perf_counter() - t0
+    assert proc.returncode != 0 and "MPI started" not in proc.stdout
+    assert "_start_mpi_or_exit_if_a_peer_rank_never_starts" in proc.stderr, proc.stderr[-2000:]
+    assert elapsed < 20, elapsed
