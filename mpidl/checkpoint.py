@@ -216,6 +216,10 @@ class WriteBehind:
             self._thread.join()
             self._thread = None
 
+    def failed(self) -> bool:
+        """The write in flight has already failed (without waiting for it)."""
+        return self._error is not None
+
     def take_error(self) -> CheckpointError | None:
         """Waits for the write in flight; its error, if it failed (once)."""
         self.wait_quietly()
@@ -402,7 +406,18 @@ class Checkpointer:
             print(f"checkpoint: step {trainer.global_step} -> {path}", flush=True)
 
     def on_step(self, trainer):
-        stop = self.stop_signal is not None and self.stop_signal.agreed(trainer.comm)
+        # One tiny collective per step decides both: a stop signal anywhere, or rank 0's
+        # background write failed (disk full): then every rank stops within a step, not at
+        # the next checkpoint, so at most one interval of steps is lost.
+        comm = trainer.comm
+        signalled = self.stop_signal is not None and self.stop_signal.received is not None
+        write_failed = self.writer is not None and self.writer.failed()
+        watching = self.stop_signal is not None or self.writer is not None
+        if not watching or not comm.any_true(signalled or write_failed):
+            stop = False
+        else:
+            finish_writes(comm, self.writer)  # raises on every rank if the write failed
+            stop = comm.any_true(signalled)
         # The last step's checkpoint is left to on_end, which runs after the final evaluation.
         due = (self.unit == "steps" and self.every and trainer.global_step % self.every == 0
                and trainer.global_step < trainer.total_steps)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import difflib
 import os
+import signal
 import sys
 import time
 from dataclasses import fields
@@ -229,4 +230,8 @@ def main(argv=None) -> int:
         if getattr(exc, "report", lead):
             _fail(str(exc), getattr(exc, "rank", None))
         return EXIT_USAGE
+    # The run is over and its files are written: a signal in the last moments of the process
+    # (the launcher forwarding a late Ctrl-C) must not turn it into a failure.
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, signal.SIG_IGN)
     return EXIT_PREEMPTED if trainer.preempted else EXIT_OK

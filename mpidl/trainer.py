@@ -335,7 +335,7 @@ class Trainer:
         final weights, summary and model description. Collective: every rank calls it.
         Raises a UserError or TrainingHalted on every rank together."""
         from mpidl.checkpoint import Checkpointer
-        from mpidl.report import Reporter, write_outputs
+        from mpidl.report import Reporter
         cfg, comm = self.cfg, self.comm
         lead = comm.rank == 0
         if cfg.out:
@@ -365,12 +365,24 @@ class Trainer:
                 h.on_epoch(t, m)
             if on_epoch is not None:
                 on_epoch(t, m)
+        stop_signal = self.checkpointer.stop_signal if self.checkpointer is not None else None
         try:
-            history = self.train(on_step=on_step_all, on_epoch=on_epoch_all)
+            return self._fit_and_finish(on_step_all, on_epoch_all, reporter, stop_signal, t0)
+        finally:
+            if stop_signal is not None:
+                stop_signal.uninstall()
+
+    def _fit_and_finish(self, on_step, on_epoch, reporter, stop_signal, t0):
+        """fit's loop and its ending. The stop signal stays installed to the end: a Ctrl-C
+        once training is over must not cut the final checkpoint or outputs short."""
+        from mpidl.report import write_outputs
+        cfg, lead = self.cfg, self.comm.rank == 0
+        try:
+            history = self.train(on_step=on_step, on_epoch=on_epoch)
         finally:
             reporter.close()
-            if self.checkpointer is not None and self.checkpointer.stop_signal is not None:
-                self.checkpointer.stop_signal.uninstall()
+            if stop_signal is not None:
+                stop_signal.finishing = True
         self.wall_time = time.perf_counter() - t0
         self.timing = self.timing_summary()
         if cfg.timeline:

@@ -66,6 +66,7 @@ class StopSignal:
 
     def __init__(self):
         self.received: int | None = None
+        self.finishing = False  # training is over: only the final checkpoint and outputs remain
         self._previous = {}
 
     def install(self) -> "StopSignal":
@@ -82,8 +83,8 @@ class StopSignal:
         if signum == signal.SIGINT and self.received == signal.SIGINT:
             raise KeyboardInterrupt  # the second Ctrl-C: no more waiting for a checkpoint
         if signum == signal.SIGINT and self.received is None:
-            print("mpidl: interrupted: checkpointing at the next step (Ctrl-C again to abort)",
-                  file=sys.stderr, flush=True)
+            doing = "finishing the final outputs first" if self.finishing else "checkpointing at the next step"
+            print(f"mpidl: interrupted: {doing} (Ctrl-C again to abort)", file=sys.stderr, flush=True)
         self.received = signum
 
     def agreed(self, comm) -> bool:
