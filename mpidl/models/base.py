@@ -51,6 +51,18 @@ def register(name: str, spec: ModelSpec) -> ModelSpec:
     return spec
 
 
+def _first_parameterised(module):
+    """The first layer with parameters in forward order, looking inside Sequentials (a stem
+    block's convolution); None when that is some other container (a Residual needs its input
+    gradient for the skip path)."""
+    if not isinstance(module, Sequential):
+        return module
+    for layer in module.layers:
+        if next(iter(layer.parameters()), None) is not None:
+            return _first_parameterised(layer)
+    return None
+
+
 class Model:
     """A network, its parameters in one flat buffer, and its loss: what the training loop talks to.
 
@@ -85,11 +97,9 @@ class Model:
         self.store.allocate(np.dtype(dtype), np.random.default_rng(seed))
         self.attach(np.random.default_rng([seed, 0, 1]), None)
         # The input gradient of the first parameterised layer is never needed.
-        if isinstance(net, Sequential):
-            for layer in net.layers:
-                if hasattr(layer, "need_input_grad"):
-                    layer.need_input_grad = False
-                    break
+        first = _first_parameterised(net)
+        if first is not None and hasattr(first, "need_input_grad"):
+            first.need_input_grad = False
 
     def attach(self, rng: np.random.Generator, comm) -> None:
         """Give every module this rank's random generator and the communicator."""
