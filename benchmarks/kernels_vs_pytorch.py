@@ -41,6 +41,8 @@ CASES = [  # (label, model, sample shape, batch)
     ("mlp 784-64-64-10, batch 256", "mlp", (1, 28, 28), 256),
     ("cnn 28x28x1, batch 64", "cnn", (1, 28, 28), 64),
     ("cnn 32x32x3, batch 100", "cnn", (3, 32, 32), 100),
+    ("resnet20 28x28x1, batch 64", "resnet20", (1, 28, 28), 64),
+    ("resnet20 32x32x3, batch 128", "resnet20", (3, 32, 32), 128),
 ]
 LR, MOMENTUM = 0.01, 0.9
 
@@ -58,18 +60,24 @@ def gemm_gflops(n=1024, repeats=7) -> float:
 
 
 def step_flops(model: Model, shape, batch) -> float:
-    """2 x multiply-adds of every Linear/Conv GEMM: forward, weight gradient, input gradient
-    (skipped for the first layer, as both frameworks do)."""
-    x = np.zeros((1, *shape), dtype=np.float32)
+    """2 x multiply-adds of every Linear/Conv GEMM, wherever it sits in the network: forward,
+    weight gradient, input gradient (skipped for the first layer, as both frameworks do)."""
     total = 0.0
-    for layer in model.net.layers:
-        y = layer.forward(x, train=False)
-        if isinstance(layer, (Linear, Conv2d)):
+    layers = [m for m in model.net.modules() if isinstance(m, (Linear, Conv2d))]
+    for layer in layers:  # count each layer's outputs during one forward pass
+        def counting(x, train=False, layer=layer, forward=layer.forward):
+            nonlocal total
+            y = forward(x, train)
             # The fused block computes the convolution at four times its pooled output size.
             outputs = y.size * (4 if isinstance(layer, Conv2dPoolReLU) else 1)
-            macs = outputs * int(np.prod(layer.W.shape[1:]))
-            total += macs * (3 if layer.need_input_grad else 2)
-        x = y
+            total += outputs * int(np.prod(layer.W.shape[1:])) * (3 if layer.need_input_grad else 2)
+            return y
+        layer.forward = counting
+    try:
+        model.net.forward(np.zeros((1, *shape), dtype=np.float32), False)
+    finally:
+        for layer in layers:
+            del layer.forward
     return 2.0 * total * batch
 
 
@@ -78,6 +86,9 @@ def torch_model(name, shape, n_out=10, pool_first=False):
     fuses conv, pool and ReLU into one pass); PyTorch is timed both ways and the faster counts."""
     import torch.nn as nn
     C, H, W = shape
+    if name == "resnet20":
+        from torch_models import torch_resnet20
+        return torch_resnet20(C, n_out)
     if name == "mlp":
         return nn.Sequential(nn.Flatten(), nn.Linear(C * H * W, 64), nn.ReLU(), nn.Linear(64, 64), nn.ReLU(),
                              nn.Linear(64, n_out))
@@ -120,7 +131,7 @@ def make_steps(name, shape, batch):
         return torch_step
 
     torch_steps = {"pytorch": torch_stepper(False)}
-    if name != "mlp":
+    if name == "cnn":
         torch_steps["pytorch_pool_first"] = torch_stepper(True)
     return model, mpidl_step, torch_steps
 
