@@ -74,6 +74,9 @@ class RunConfig:
     seed: int = _opt(0, "seed for initial weights and data order (same on every rank)")
     dtype: str = _opt("float32", "floating-point type of weights, gradients and activations",
                       choices=("float32", "float64"))
+    conv_algorithm: str = _opt("auto", "3x3 stride-1 convolutions: auto (Winograd F(2x2,3x3) from 16 input channels "
+                                       "up, where it measured faster), direct (im2col + GEMM always) or winograd",
+                               choices=("auto", "direct", "winograd"))
     # machine
     threads: int | None = _opt(UNSET, "BLAS threads per rank (default: cores / ranks on this node)")
     # failures (see "Failure behaviour" in the README)

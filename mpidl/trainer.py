@@ -111,6 +111,10 @@ class Trainer:
                               f"of {data.name}")
         if cfg.normalize != "none" and data.normalizer is None:
             data.normalizer = fit_normalizer(cfg.normalize, data.x_train, data.scale, comm, data.name)
+        from mpidl.nn import Conv2d
+        for module in model.net.modules():
+            if isinstance(module, Conv2d):
+                module.algorithm = cfg.conv_algorithm
         self.model_rng = np.random.default_rng([cfg.seed, comm.rank, MODEL_STREAM])
         self.data_rng = np.random.default_rng([cfg.seed, comm.rank, DATA_STREAM])
         model.attach(self.model_rng, comm)

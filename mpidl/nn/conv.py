@@ -7,11 +7,23 @@ from mpidl.ops import pool
 from mpidl.ops.conv import pair, conv2d_backward, conv2d_forward
 from mpidl.ops.convpool import conv2d_pool_relu_backward, conv2d_pool_relu_forward
 from mpidl.ops.scratch import Scratch
+from mpidl.ops.winograd import winograd_applies, winograd_conv2d_backward, winograd_conv2d_forward
+
+# Winograd F(2x2,3x3) beat im2col, forward + backward at batch 64, one thread, on 32->64
+# channels (1.5-1.6x, benchmarks/winograd_layers.py) and on resnet20's 16, 32 and 64-channel
+# layers (1.26x, 1.70x, 1.12x), and lost on 1-3 input channels, where there is no channel sum
+# to save on: "auto" takes it from this many input channels up.
+WINOGRAD_MIN_CHANNELS = 16
+ALGORITHMS = ("auto", "direct", "winograd")
 
 
 class Conv2d(Module):
+    """algorithm: 'auto' (Winograd for 3x3 stride-1 layers with at least WINOGRAD_MIN_CHANNELS
+    input channels, im2col + GEMM elsewhere), 'direct' (always im2col), 'winograd' (where it
+    applies)."""
+
     def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0, dilation=1,
-                 bias: bool = True, init="he"):
+                 bias: bool = True, init="he", algorithm: str = "auto"):
         kh, kw = pair(kernel_size)
         self.W = self.param("weight", (out_channels, in_channels, kh, kw), init)
         self.b = self.param("bias", (out_channels,), "zeros", decay=False) if bias else None
@@ -19,18 +31,39 @@ class Conv2d(Module):
         self.need_input_grad = True  # the Model turns this off for the first layer
         self._cache = None
         self._scratch = Scratch()    # working arrays reused from step to step
+        self.algorithm = algorithm
 
     _forward, _backward = staticmethod(conv2d_forward), staticmethod(conv2d_backward)
 
+    @property
+    def algorithm(self) -> str:
+        return self._algorithm
+
+    @algorithm.setter
+    def algorithm(self, name: str) -> None:
+        if name not in ALGORITHMS:
+            raise ValueError(f"Conv2d algorithm {name!r}: choose from {', '.join(ALGORITHMS)}")
+        self._algorithm = name
+        fits = (type(self) is Conv2d and self.padding[0] <= 1 and self.padding[1] <= 1
+                and winograd_applies(self.W.shape, self.stride, self.padding, self.dilation))
+        self.uses_winograd = fits and (name == "winograd" or
+                                       (name == "auto" and self.W.shape[1] >= WINOGRAD_MIN_CHANNELS))
+
     def forward(self, x, train=True):
-        y, cache = self._forward(x, self.W.data, None if self.b is None else self.b.data,
-                                 self.stride, self.padding, self.dilation, keep_cols=train, scratch=self._scratch)
+        b = None if self.b is None else self.b.data
+        if self.uses_winograd:
+            y, cache = winograd_conv2d_forward(x, self.W.data, b, self.padding, scratch=self._scratch,
+                                               keep_cache=train)
+        else:
+            y, cache = self._forward(x, self.W.data, b, self.stride, self.padding, self.dilation,
+                                     keep_cols=train, scratch=self._scratch)
         self._cache = cache if train else None
         return y
 
     def backward(self, dy):
-        dx, dW, db = self._backward(dy, self._cache, need_dx=self.need_input_grad, need_db=self.b is not None,
-                                    scratch=self._scratch)
+        backward = winograd_conv2d_backward if self.uses_winograd else self._backward
+        dx, dW, db = backward(dy, self._cache, need_dx=self.need_input_grad, need_db=self.b is not None,
+                              scratch=self._scratch)
         self.W.grad += dW
         if self.b is not None:
             self.b.grad += db
