@@ -62,23 +62,14 @@ def read_inputs(path: str, desc: dict, split: str | None):
         s = None  # inputs without targets
         x, y = arrays[key], None
     if s is not None:
-        x, y = s.x_train, s.y_train
-        if s.class_names is not None and desc.get("class_names"):
-            y = _recode(np.asarray(s.class_names)[np.asarray(y)], desc["class_names"])
-        elif y is not None and np.asarray(y[:1]).dtype.kind in "USO":
-            y = _recode(np.asarray(y).astype(str), desc.get("class_names") or [])
+        x, y = s.x_train, _run_codes(s.y_train, s.class_names, desc)
     has_val = s is not None and s.x_val is not None
     fraction = data.get("val_fraction")
     if split is None:
         split = "val" if (has_val or fraction) else "all"
     if split == "val":
         if has_val:
-            yv = s.y_val
-            if s.class_names is not None and desc.get("class_names"):
-                yv = _recode(np.asarray(s.class_names)[np.asarray(yv)], desc["class_names"])
-            elif np.asarray(yv[:1]).dtype.kind in "USO":
-                yv = _recode(np.asarray(yv).astype(str), desc.get("class_names") or [])
-            return s.x_val, yv, s.val_name, None
+            return s.x_val, _run_codes(s.y_val, s.class_names, desc), s.val_name, None
         if fraction:
             val, _ = validation_rows(len(x), fraction, data.get("seed", 0))
             return Rows(x, val), None if y is None else np.asarray(y)[val], "val", None
@@ -102,6 +93,18 @@ def _loose_images(path: str) -> list[str]:
     if class_folders(path):
         return []
     return image_files(path)
+
+
+def _run_codes(y, names, desc: dict):
+    """Targets as the run's class codes: codes into the file's own `names` (an image folder's)
+    or class names in the file, mapped through the run's class names."""
+    if y is None:
+        return None
+    if names is not None and desc.get("class_names"):
+        return _recode(np.asarray(names)[np.asarray(y)], desc["class_names"])
+    if np.asarray(y[:1]).dtype.kind in "USO":
+        return _recode(np.asarray(y).astype(str), desc.get("class_names") or [])
+    return y
 
 
 def _recode(names: np.ndarray, class_names: list) -> np.ndarray:

@@ -124,13 +124,15 @@ def load_dataset(name: str, data_dir: str | None = None, options=None, comm=None
         from mpidl.config import did_you_mean
         raise DataError(f"--dataset {name}: neither a built-in dataset ({', '.join(LOADERS)}) nor a "
                         f"file or folder{did_you_mean(name, LOADERS)}")
+    def read():
+        return LOADERS[name](data_dir) if name in LOADERS else load_file_dataset(name, options)
     if comm is None:
-        ds = LOADERS[name](data_dir) if name in LOADERS else load_file_dataset(name, options)
+        ds = read()
         ds.validate()
         return ds
     from mpidl.parallel.guard import agreed
     folder = default_cache_dir() if cache_dir == "default" else cache_dir
     with npy_cache(folder, comm):
-        ds = LOADERS[name](data_dir) if name in LOADERS else load_file_dataset(name, options)
+        ds = read()
     agreed(comm, lambda: ds.validate(comm.rank, comm.size))
     return ds

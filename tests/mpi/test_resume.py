@@ -128,15 +128,20 @@ def test_resume_with_another_rank_count(folder):
     so (without random augmentation) the weights match the uninterrupted run up to rounding."""
     comm = world()
     args = [*BASE, *OPTIMISERS[0], "--dtype", "float64"]
+    _, err = _resumed_from_one_rank(args, comm, folder)
+    assert err < 1e-10, f"{comm.size} ranks resumed from a 1-rank checkpoint differ by {err:.2e}"
+
+
+def _resumed_from_one_rank(args, comm, folder):
+    """(the uninterrupted one-process run, relative error of N ranks resumed at step 20 from
+    that process's checkpoint)."""
     whole = _trainer(args, SerialComm(), folder / "unused", noisy=False)
     whole.train()
-    folder = folder / "one-rank"
     if comm.rank == 0:
-        single = _trainer(args, SerialComm(), folder, noisy=False)
+        single = _trainer(args, SerialComm(), folder / "one-rank", noisy=False)
         single.train(on_step=_stop_at(20))
-    resumed = _resume_and_finish(args, comm, folder, noisy=False)
-    err = np.abs(resumed.store.data - whole.store.data).max() / np.abs(whole.store.data).max()
-    assert err < 1e-10, f"{comm.size} ranks resumed from a 1-rank checkpoint differ by {err:.2e}"
+    resumed = _resume_and_finish(args, comm, folder / "one-rank", noisy=False)
+    return whole, np.abs(resumed.store.data - whole.store.data).max() / np.abs(whole.store.data).max()
 
 
 @pytest.mark.mpi
@@ -147,14 +152,7 @@ def test_zero_checkpoint_resumes_on_another_rank_count(folder, opt):
     with the uninterrupted run's weights up to summation order."""
     comm = world()
     args = [*BASE, *opt, "--dtype", "float64", "--zero", "1"]
-    whole = _trainer(args, SerialComm(), folder / "unused", noisy=False)
-    whole.train()
-    one = folder / "one-rank"
-    if comm.rank == 0:
-        single = _trainer(args, SerialComm(), one, noisy=False)
-        single.train(on_step=_stop_at(20))
-    resumed = _resume_and_finish(args, comm, one, noisy=False)
-    err = np.abs(resumed.store.data - whole.store.data).max() / np.abs(whole.store.data).max()
+    whole, err = _resumed_from_one_rank(args, comm, folder)
     assert err < 1e-10, f"{comm.size} ZeRO ranks resumed from a 1-rank checkpoint differ by {err:.2e}"
     # and back: N ranks write, one process resumes
     many = folder / "n-ranks"
