@@ -109,7 +109,8 @@ MAY_CHANGE_ON_RESUME = frozenset({"out", "threads", "progress", "eval_batch_size
                                   "checkpoint_every", "keep_last", "checkpoint_write", "resume", "expect_ranks",
                                   "epochs", "max_steps", "collective_timeout", "check_every",
                                   "on_drift", "on_nonfinite", "log_every", "timeline",
-                                  "timeline_steps"})
+                                  "timeline_steps", "tensor_parallel", "pipeline_stages", "micro_batches",
+                                  "pipeline_schedule"})
 
 
 def checkpoint_name(step: int) -> str:
@@ -239,6 +240,20 @@ def finish_writes(comm, writer: WriteBehind | None) -> None:
         _agree_on(comm, writer.take_error() if comm.rank == 0 else None)
 
 
+# A model split across ranks (mpidl.parallel.ShardedModel) is saved in the whole model's layout,
+# so that its checkpoints resume on any grid and any rank count.
+def _sharded(trainer):
+    return getattr(trainer.model, "gather_whole", None) is not None
+
+
+def _flat_like_params(trainer, value) -> bool:
+    return isinstance(value, np.ndarray) and value.ndim == 1 and value.size == trainer.store.size
+
+
+def whole_layout(trainer) -> dict:
+    return trainer.model.whole_layout() if _sharded(trainer) else trainer.store.layout()
+
+
 def save_checkpoint(trainer, folder: str, keep_last: int = 0, writer: WriteBehind | None = None) -> str | None:
     """Collective: every rank contributes its random states; rank 0 writes the file and prunes
     old ones, at once or, with `writer`, in its thread from a copy of the state (the copy is
@@ -250,9 +265,14 @@ def save_checkpoint(trainer, folder: str, keep_last: int = 0, writer: WriteBehin
     epoch_loss = np.array(trainer.epoch_loss, dtype=np.float64)
     comm.allreduce_sum_(epoch_loss)
     optimizer_state = trainer.dopt.checkpoint_state()  # ZeRO: the shards gathered
+    params = trainer.store.data
+    if _sharded(trainer):  # tensor and pipeline shards gathered into the whole model's layout
+        params = trainer.model.gather_whole(params)
+        optimizer_state = {k: trainer.model.gather_whole(v) if _flat_like_params(trainer, v) else v
+                           for k, v in optimizer_state.items()}
     path, error = None, None
     if comm.rank == 0:
-        path, write = _prepare_rank0(trainer, folder, keep_last, rngs, epoch_loss, optimizer_state,
+        path, write = _prepare_rank0(trainer, folder, keep_last, rngs, epoch_loss, params, optimizer_state,
                                      copy=writer is not None)
         if writer is None:
             try:
@@ -267,7 +287,7 @@ def save_checkpoint(trainer, folder: str, keep_last: int = 0, writer: WriteBehin
     return path
 
 
-def _prepare_rank0(trainer, folder, keep_last, rngs, epoch_loss, optimizer_state, copy: bool):
+def _prepare_rank0(trainer, folder, keep_last, rngs, epoch_loss, params, optimizer_state, copy: bool):
     """(path, write): the file's name and a function that writes it, from arrays that no longer
     change (copied when the write runs behind training)."""
     comm = trainer.comm
@@ -276,13 +296,13 @@ def _prepare_rank0(trainer, folder, keep_last, rngs, epoch_loss, optimizer_state
         "format": FORMAT, "version": VERSION, "mpidl_version": __version__,
         "global_step": trainer.global_step, "epoch": trainer.epoch, "step_in_epoch": trainer.step_in_epoch,
         "samples_seen": trainer.samples_seen, "train_time": trainer.train_time,
-        "world_size": comm.size, "config": trainer.cfg.to_dict(), "layout": trainer.store.layout(),
+        "world_size": comm.size, "config": trainer.cfg.to_dict(), "layout": whole_layout(trainer),
         "dtype": str(trainer.store.data.dtype), "rng": rngs,
         "preprocessing": trainer.data.preprocessing(),  # the --normalize statistics, fitted once
         "class_names": trainer.data.class_names, "feature_names": trainer.data.feature_names,
         "model": trainer.model.recipe,  # the architecture, as in model.json
     }
-    arrays = {"params": trainer.store.data, "epoch_loss": epoch_loss,
+    arrays = {"params": params, "epoch_loss": epoch_loss,
               "meta": np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)}
     for key, value in optimizer_state.items():
         arrays["opt/" + key] = np.asarray(value)
@@ -326,13 +346,22 @@ def check_compatible(trainer, path: str, arrays: dict) -> dict:
     if differ:
         detail = ", ".join(f"--{k.replace('_', '-')} {meta['config'][k]!r} there, {mine[k]!r} now" for k in differ)
         raise CheckpointError(f"checkpoint {path} belongs to a different run: {detail}")
-    if meta["layout"] != trainer.store.layout() or meta["dtype"] != str(trainer.store.data.dtype):
+    if meta["layout"] != whole_layout(trainer) or meta["dtype"] != str(trainer.store.data.dtype):
         raise CheckpointError(f"checkpoint {path}: parameter layout or dtype differs from this model")
-    shapes = trainer.dopt.checkpoint_shapes()
+    shapes = _checkpoint_shapes(trainer)
     saved = {k[4:]: v for k, v in arrays.items() if k.startswith("opt/")}
     if set(saved) != set(shapes) or any(np.shape(saved[k]) != tuple(shapes[k]) for k in shapes):
         raise CheckpointError(f"checkpoint {path}: optimiser state does not fit --optimizer {trainer.cfg.optimizer}")
     return meta
+
+
+def _checkpoint_shapes(trainer) -> dict:
+    shapes = trainer.dopt.checkpoint_shapes()
+    if _sharded(trainer):
+        state = trainer.optimizer.state_dict()
+        shapes = {k: (trainer.model.whole_size,) if _flat_like_params(trainer, state[k]) else v
+                  for k, v in shapes.items()}
+    return shapes
 
 
 def restore_checkpoint(trainer, arrays: dict | None) -> dict:
@@ -341,13 +370,20 @@ def restore_checkpoint(trainer, arrays: dict | None) -> dict:
     comm = trainer.comm
     meta_bytes = _bcast_bytes(comm, arrays["meta"].tobytes() if comm.rank == 0 else None)
     meta = json.loads(meta_bytes.decode())
-    if comm.rank == 0:
-        trainer.store.data[...] = arrays["params"]
-    comm.bcast_(trainer.store.data)
+    if _sharded(trainer):  # each rank takes its shard of the whole model
+        trainer.model.scatter_whole(arrays["params"] if comm.rank == 0 else None, trainer.store.data)
+    else:
+        if comm.rank == 0:
+            trainer.store.data[...] = arrays["params"]
+        comm.bcast_(trainer.store.data)
 
     state, shapes = trainer.optimizer.state_dict(), trainer.dopt.checkpoint_shapes()
     restored = {}
     for key in sorted(state):
+        if _sharded(trainer) and _flat_like_params(trainer, state[key]):
+            buf = np.zeros(trainer.store.size, dtype=state[key].dtype)
+            restored[key] = trainer.model.scatter_whole(arrays["opt/" + key] if comm.rank == 0 else None, buf)
+            continue
         buf = np.zeros(int(np.prod(shapes[key], dtype=np.int64)), dtype=np.asarray(state[key]).dtype)
         if comm.rank == 0:
             buf[...] = arrays["opt/" + key].reshape(-1)

@@ -118,6 +118,14 @@ class RunConfig:
                      choices=(0, 1))
     allreduce: str = _opt("flat", "'hierarchical': Reduce in each node, Allreduce among node leaders, Bcast",
                           choices=("flat", "hierarchical"))
+    # model parallelism (mpidl.parallel.tensor, mpidl.parallel.pipeline)
+    tensor_parallel: int = _opt(1, "split the dense pairs and attention layers across this many ranks (Megatron-style); "
+                                   "the data-parallel degree is ranks / (tensor x pipeline)")
+    pipeline_stages: int = _opt(1, "split the network's top-level layers into this many consecutive stages, "
+                                   "one per rank of a pipeline group")
+    micro_batches: int | None = _opt(UNSET, "micro-batches per step in the pipeline (default 2 x stages)")
+    pipeline_schedule: str = _opt("1f1b", "pipeline schedule: 1f1b (at most stages-s micro-batches held on stage s) "
+                                          "or gpipe (all forwards, then all backwards)", choices=("1f1b", "gpipe"))
     # checkpoints and clusters (see mpidl/checkpoint.py and jobs/)
     checkpoint_dir: str | None = _opt(UNSET, "write checkpoints into this folder (rank 0, atomically)")
     checkpoint_every: str | None = _opt(UNSET, "checkpoint every N steps ('500') or every N epochs ('2e'); "
@@ -204,6 +212,13 @@ def validate(cfg: RunConfig) -> None:
          "zero", "does not combine with --bucket-mb, --grad-compression or --allreduce hierarchical")
     need(cfg.allreduce == "flat" or (cfg.bucket_mb == 0 and cfg.grad_compression == "none"), "allreduce",
          "hierarchical does not combine with --bucket-mb or --grad-compression")
+    need(cfg.tensor_parallel >= 1, "tensor_parallel", "must be at least 1")
+    need(cfg.pipeline_stages >= 1, "pipeline_stages", "must be at least 1")
+    need(cfg.micro_batches is None or cfg.micro_batches >= 1, "micro_batches", "must be at least 1")
+    need(cfg.tensor_parallel * cfg.pipeline_stages == 1 or (cfg.bucket_mb == 0 and cfg.grad_compression == "none"
+                                                            and cfg.allreduce == "flat" and not cfg.zero),
+         "tensor_parallel", "with --pipeline-stages: the gradient reduction among replicas is the flat Allreduce "
+         "(--bucket-mb, --grad-compression, --allreduce hierarchical and --zero do not combine with them yet)")
     need(cfg.keep_last >= 0, "keep_last", "must be non-negative (0 keeps all)")
     need(cfg.expect_ranks is None or cfg.expect_ranks >= 1, "expect_ranks", "must be at least 1")
     need(cfg.resume is None or cfg.resume not in ("latest", "auto") or cfg.checkpoint_dir is not None,

@@ -81,8 +81,10 @@ class ParamStore:
     def size(self) -> int:
         return sum(p.size for p in self.params)
 
-    def allocate(self, dtype=np.float32, rng: np.random.Generator | None = None, pad_to: int = 1) -> None:
-        """Create the flat buffers, point every parameter at its views, run the initialisers.
+    def allocate(self, dtype=np.float32, rng: np.random.Generator | None = None, pad_to: int = 1,
+                 initialise: bool = True) -> None:
+        """Create the flat buffers, point every parameter at its views, run the initialisers
+        (with initialise=False the buffers stay zero, for the caller to fill).
 
         With pad_to > 1 the buffers underneath (``padded_data``, ``padded_grad``) are rounded up
         to a multiple of it with zeros, so they cut into equal shards (ZeRO); ``data`` and
@@ -98,7 +100,8 @@ class ParamStore:
             p.offset = offset
             p.data = self.data[offset:offset + p.size].reshape(p.shape)
             p.grad = self.grad[offset:offset + p.size].reshape(p.shape)
-            p.data[...] = p.init(rng, p.shape)
+            if initialise:
+                p.data[...] = p.init(rng, p.shape)
             offset += p.size
 
     def pad(self, pad_to: int) -> None:

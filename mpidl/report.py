@@ -70,6 +70,9 @@ class Reporter:
               f"{t.comm.size} rank(s) x {getattr(t.comm, 'blas_threads', '?')} BLAS thread(s), global batch "
               f"{cfg.batch_size}, {t.epochs} epoch(s) = {t.total_steps} steps, {cfg.optimizer} lr "
               f"{t.schedule.lr:g}, {cfg.dtype}{where}", flush=True)
+        if t.grid is not None:
+            print(f"model parallelism: {t.model.describe()}; parameters "
+                  f"{t.store.data.nbytes / 2**20:.2f} MiB on this rank (rank 0)", flush=True)
         print(f"communication: {t.dopt.describe()}; optimiser state "
               f"{t.optimizer_state_bytes / 2**20:.2f} MiB per rank", flush=True)
 
@@ -171,13 +174,16 @@ def write_outputs(trainer, history) -> None:
     from mpidl.checkpoint import atomic_write, save_weights
     from mpidl.errors import UserError
     from mpidl.timing import format_summary
+    # A model split across ranks is gathered into the single-process layout (collective).
+    gather = getattr(trainer.model, "whole_store", None)
+    whole_store = gather() if gather is not None and trainer.cfg.out else trainer.store
     if trainer.comm.rank != 0:
         return
     cfg, data, out_dir = trainer.cfg, trainer.data, trainer.out_dir
     summary = summary_of(trainer, history)
     if out_dir is not None:
         try:  # only rank 0 is here: the other ranks have finished
-            save_weights(os.path.join(out_dir, "weights.npz"), trainer.store)
+            save_weights(os.path.join(out_dir, "weights.npz"), whole_store)
             atomic_write(os.path.join(out_dir, "model.json"),
                          lambda f: f.write(dumps(model_description(trainer), indent=2).encode()))
             atomic_write(os.path.join(out_dir, "summary.json"),

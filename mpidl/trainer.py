@@ -34,7 +34,9 @@ from mpidl.errors import ConfigError, UserError
 from mpidl.init import DATA_STREAM, MODEL_STREAM
 from mpidl.models.base import DEFAULT_LOSS, Model, build_model
 from mpidl.optim import Schedule, make_optimizer
+from mpidl.parallel.grid import Grid
 from mpidl.parallel.guard import StopSignal, agreed, start_watchdog
+from mpidl.parallel.sharded import ShardedModel
 from mpidl.parallel.sync import DistributedOptimizer, broadcast_and_verify
 from mpidl.timing import LOADER_THREAD, PHASES, StepClock, gather_summary, write_timeline
 
@@ -56,6 +58,10 @@ class EpochMetrics:
         return {"kind": "epoch", **self.__dict__}
 
 
+def model_parallel(cfg: RunConfig) -> bool:
+    return cfg.tensor_parallel * cfg.pipeline_stages > 1
+
+
 class Trainer:
     def __init__(self, model, train=None, val=None, *, comm=None, hooks=(), **settings):
         """model: an mpidl.Model, or a module (then loss= names its loss, default from the
@@ -69,9 +75,9 @@ class Trainer:
             cfg = library_config(settings, model_name=getattr(model, "name", "custom"))
             data = as_dataset(train, val)
             net = model
-            if not isinstance(net, Model):
+            if not isinstance(net, (Model, ShardedModel)):
                 net = Model(net, cfg.loss or DEFAULT_LOSS.get(data.task, "cross_entropy"),
-                            dtype=cfg.dtype, seed=cfg.seed)
+                            dtype=cfg.dtype, seed=cfg.seed, allocate=not model_parallel(cfg))
             elif str(net.store.data.dtype) != cfg.dtype:
                 if "dtype" in settings:
                     raise ConfigError(f"dtype={cfg.dtype}: the Model was built in {net.store.data.dtype}; "
@@ -90,22 +96,37 @@ class Trainer:
             data = load_dataset(cfg.dataset, cfg.data_dir, file_options(cfg), comm,
                                 None if cache_dir.lower() == "none" else cache_dir)
         model = build_model(cfg.model, data.sample_shape, data.num_classes, cfg.model_options(),
-                            dtype=cfg.dtype, seed=cfg.seed, loss=cfg.loss, task=data.task)
+                            dtype=cfg.dtype, seed=cfg.seed, loss=cfg.loss, task=data.task,
+                            allocate=not model_parallel(cfg))
         self._setup(cfg, comm, model, data, hooks)
         return self
 
     def _setup(self, cfg: RunConfig, comm, model: Model, data: Dataset, hooks) -> None:
+        # Model parallelism: this rank keeps its shard of its stage; gradients, batches and
+        # validation shards then go by the data-parallel group, and loss and evaluation sums
+        # count on one rank per replica (ShardedModel.grid.reports).
+        if isinstance(model, ShardedModel):
+            if (model.T, model.S) != (cfg.tensor_parallel, cfg.pipeline_stages) and model_parallel(cfg):
+                raise ConfigError("Trainer: the ShardedModel's grid differs from tensor_parallel/pipeline_stages")
+            cfg.tensor_parallel, cfg.pipeline_stages = model.T, model.S
+        elif model_parallel(cfg):
+            model = ShardedModel(model, Grid(comm, cfg.tensor_parallel, cfg.pipeline_stages),
+                                 schedule=cfg.pipeline_schedule, micro_batches=cfg.micro_batches)
+        self.grid = getattr(model, "grid", None)
+        self.data_comm = comm if self.grid is None else self.grid.data
+        self.reports = self.grid is None or self.grid.reports
         self.cfg, self.comm, self.model, self.data = cfg, comm, model, data
         self.store, self.dtype = model.store, model.store.data.dtype
         if model.task != data.task and model.task != "generative":
             raise ConfigError(f"--model {model.name} ({model.task}) cannot train on --dataset {data.name} "
                               f"({data.task})")
-        n_train = len(data.x_train)
-        if n_train < comm.size:
-            raise ConfigError(f"{data.name}: {n_train} training samples are fewer than the {comm.size} ranks")
-        if cfg.batch_size < comm.size:
+        n_train, replicas = len(data.x_train), self.data_comm.size
+        who = f"{replicas} ranks" if self.grid is None else f"{replicas} data-parallel replicas"
+        if n_train < replicas:
+            raise ConfigError(f"{data.name}: {n_train} training samples are fewer than the {who}")
+        if cfg.batch_size < replicas:
             raise ConfigError(f"--batch-size {cfg.batch_size}: the global batch must hold at least one "
-                              f"sample per rank ({comm.size} ranks)")
+                              f"sample per {'rank' if self.grid is None else 'replica'} ({who})")
         if cfg.batch_size > n_train:
             raise ConfigError(f"--batch-size {cfg.batch_size}: larger than the {n_train} training samples "
                               f"of {data.name}")
@@ -115,18 +136,22 @@ class Trainer:
         for module in model.net.modules():
             if isinstance(module, Conv2d):
                 module.algorithm = cfg.conv_algorithm
-        self.model_rng = np.random.default_rng([cfg.seed, comm.rank, MODEL_STREAM])
-        self.data_rng = np.random.default_rng([cfg.seed, comm.rank, DATA_STREAM])
+        # One stream per replica: the ranks that hold parts of one replica draw alike.
+        replica = self.data_comm.rank
+        self.model_rng = np.random.default_rng([cfg.seed, replica, MODEL_STREAM])
+        self.data_rng = np.random.default_rng([cfg.seed, replica, DATA_STREAM])
         model.attach(self.model_rng, comm)
 
         # A mismatch here would otherwise surface as a hang or a silent divergence.
-        broadcast_and_verify(comm, model, configuration=cfg.digest(),
+        if self.grid is not None:
+            comm.check_same("configuration", cfg.digest())
+        broadcast_and_verify(self.data_comm, model, configuration=cfg.digest(),
                              **{f"dataset {data.name} (size, shapes or contents)": data.digest()})
         # Per-rank phase times; the timeline keeps the first steps' spans only when asked for.
         self.clock = StepClock(PHASES, record_steps=cfg.timeline_steps if cfg.timeline else 0)
         self.clock.align(comm)
 
-        self.sampler = ShardedSampler(n_train, cfg.batch_size, comm.rank, comm.size, cfg.seed,
+        self.sampler = ShardedSampler(n_train, cfg.batch_size, replica, replicas, cfg.seed,
                                       drop_last=cfg.drop_last, shuffle=cfg.shuffle,
                                       block=cfg.shuffle_block or default_block(n_train, row_bytes(data.x_train)))
         steps_per_epoch = self.sampler.steps_per_epoch
@@ -136,7 +161,7 @@ class Trainer:
             self.total_steps = min(self.total_steps, cfg.max_steps)
         self.epochs = math.ceil(self.total_steps / steps_per_epoch)
 
-        lr = cfg.lr * (comm.size if cfg.lr_scaling == "linear" else 1)
+        lr = cfg.lr * (replicas if cfg.lr_scaling == "linear" else 1)
         warmup = cfg.warmup_steps
         if warmup is None:
             warmup = round(0.05 * self.total_steps) if cfg.lr_scaling == "linear" else 0
@@ -144,7 +169,7 @@ class Trainer:
                                  step_size=cfg.lr_step or max(self.total_steps // 3, 1), gamma=cfg.lr_gamma)
         self.optimizer = make_optimizer(cfg.optimizer, None, weight_decay=cfg.weight_decay,
                                         momentum=cfg.momentum, nesterov=cfg.nesterov)
-        self.dopt = DistributedOptimizer(self.optimizer, model, comm, zero=bool(cfg.zero), allreduce=cfg.allreduce,
+        self.dopt = DistributedOptimizer(self.optimizer, model, self.data_comm, zero=bool(cfg.zero), allreduce=cfg.allreduce,
                                          bucket_mb=cfg.bucket_mb, overlap=cfg.overlap,
                                          compression=cfg.grad_compression, on_nonfinite=cfg.on_nonfinite,
                                          broadcast=False)
@@ -262,7 +287,7 @@ class Trainer:
     def evaluate(self) -> tuple[float, float | None]:
         """Loss and accuracy over the whole validation set: every sample counted exactly once."""
         self.dopt.sync_buffers()  # the same running statistics on every rank
-        mine = eval_shard(len(self.data.x_val), self.comm.rank, self.comm.size)
+        mine = eval_shard(len(self.data.x_val), self.data_comm.rank, self.data_comm.size)
         terms = self.model.term_names
         loss_sum, correct, count = 0, 1, 2   # positions in `sums`; the terms' sums follow
         sums = np.zeros(3 + len(terms))
@@ -270,7 +295,7 @@ class Trainer:
             idx = mine[start:start + self.cfg.eval_batch_size]
             x = self.data.inputs(take_rows(self.data.x_val, idx), self.dtype)
             batch_loss, batch_correct, *term_sums = self.model.evaluate_sums(x, take_rows(self.data.y_val, idx))
-            sums += (batch_loss, batch_correct, len(idx), *term_sums)
+            sums += (batch_loss, batch_correct, len(idx) * self.reports, *term_sums)
         self.comm.allreduce_sum_(sums)
         n = sums[count]
         self.val_terms = {name: float(s / n) for name, s in zip(terms, sums[3:])}
@@ -301,7 +326,7 @@ class Trainer:
                     step, batch = next(feed)
                     if len(batch) == 3:  # prepared ahead: (x, y, data generator state after it)
                         *batch, self._data_rng_after = batch
-                    self.last_step_loss = (self.train_step(step, batch), len(step.indices))
+                    self.last_step_loss = (self.train_step(step, batch), len(step.indices) * self.reports)
                     loss_sum += self.last_step_loss
                     self.step_in_epoch = step.index + 1
                     for hook in step_hooks:

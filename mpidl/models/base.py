@@ -69,6 +69,8 @@ class Model:
     ``Model(net, loss="cross_entropy")`` collects net's parameters (named by module path),
     allocates the flat data and gradient buffers in `dtype` and initialises them from `seed`.
     `loss` is a name in mpidl.losses.BY_NAME or a function (out, target) -> (mean loss, d/d out).
+    allocate=False names the parameters but creates no buffers: for a model that
+    mpidl.parallel.ShardedModel splits across ranks, so that no rank holds it whole.
     """
 
     # Multiplied into every loss gradient; DistributedOptimizer sets it to 1/ranks on the plain
@@ -78,7 +80,7 @@ class Model:
 
     def __init__(self, net: Module, loss="cross_entropy", task: str | None = None, *, dtype="float32",
                  seed: int = 0, objective: Callable | None = None, terms: tuple = (), name: str = "custom",
-                 recipe: dict | None = None):
+                 recipe: dict | None = None, allocate: bool = True):
         if not isinstance(net, Module):
             raise TypeError(f"Model: net must be an mpidl.nn.Module, got {type(net).__name__}")
         if isinstance(loss, str):
@@ -93,9 +95,11 @@ class Model:
         self.net, self.name = net, name
         self.objective, self.term_names = objective, tuple(terms)
         self.recipe = recipe        # how mpidl.load rebuilds the network (a factory and its arguments)
+        self.dtype, self.seed = np.dtype(dtype), seed
         self.store = ParamStore(net)
-        self.store.allocate(np.dtype(dtype), np.random.default_rng(seed))
-        self.attach(np.random.default_rng([seed, 0, 1]), None)
+        if allocate:
+            self.store.allocate(self.dtype, np.random.default_rng(seed))
+            self.attach(np.random.default_rng([seed, 0, 1]), None)
         # The input gradient of the first parameterised layer is never needed.
         first = _first_parameterised(net)
         if first is not None and hasattr(first, "need_input_grad"):
@@ -141,20 +145,24 @@ class Model:
     def evaluate_sums(self, x, y) -> tuple[float, ...]:
         """(sum of per-sample losses, number correct, *sums of the objective's terms) for this
         batch, in evaluation mode."""
-        out = self.net.forward(x, False)
-        n = len(x)
-        if self.objective is not None:
-            loss, _, terms = self.objective(self.net, out, x, y, 1.0)
-            return (loss * n, float("nan"), *(terms[t] * n for t in self.term_names))
-        loss, _ = self.loss_fn(out, y)
-        if self.task == "classification":
-            correct = float((out.argmax(axis=1) == y).sum())
-        elif self.task == "binary":
-            threshold = 0.0 if self.loss_name == "bce_logits" else 0.5
-            correct = float(((out.reshape(-1) > threshold) == (y.reshape(-1) > 0.5)).sum())
-        else:
-            correct = float("nan")
-        return loss * n, correct
+        return sums_of_outputs(self, self.net.forward(x, False), x, y)
+
+
+def sums_of_outputs(model, out, x, y) -> tuple[float, ...]:
+    """Model.evaluate_sums from the network's outputs `out` (shared with ShardedModel)."""
+    n = len(x) if x is not None else len(y)
+    if model.objective is not None:
+        loss, _, terms = model.objective(model.net, out, x, y, 1.0)
+        return (loss * n, float("nan"), *(terms[t] * n for t in model.term_names))
+    loss, _ = model.loss_fn(out, y)
+    if model.task == "classification":
+        correct = float((out.argmax(axis=1) == y).sum())
+    elif model.task == "binary":
+        threshold = 0.0 if model.loss_name == "bce_logits" else 0.5
+        correct = float(((out.reshape(-1) > threshold) == (y.reshape(-1) > 0.5)).sum())
+    else:
+        correct = float("nan")
+    return loss * n, correct
 
 
 def load_factory(path: str) -> Callable:
@@ -202,8 +210,9 @@ def spec_for(name: str, loss: str | None = None, task: str | None = None) -> Mod
 
 
 def build_model(name: str, sample_shape, n_out: int, options: dict | None = None, *, dtype="float32",
-                seed: int = 0, loss: str | None = None, task: str | None = None) -> Model:
-    """A registered model (or a factory 'file.py:build') built for data of this shape."""
+                seed: int = 0, loss: str | None = None, task: str | None = None, allocate: bool = True) -> Model:
+    """A registered model (or a factory 'file.py:build') built for data of this shape
+    (allocate=False: named but without buffers, for mpidl.parallel.ShardedModel)."""
     spec = spec_for(name, loss, task)
     options = dict(options or {})
     net = spec.build(tuple(sample_shape), int(n_out), options)
@@ -216,6 +225,6 @@ def build_model(name: str, sample_shape, n_out: int, options: dict | None = None
               "options": {k: list(v) if isinstance(v, tuple) else v for k, v in options.items()},
               "loss": spec.loss}
     model = Model(net, spec.loss, spec.task, dtype=dtype, seed=seed, objective=spec.objective,
-                  terms=spec.terms, name=name, recipe=recipe)
+                  terms=spec.terms, name=name, recipe=recipe, allocate=allocate)
     model.finish = spec.finish
     return model

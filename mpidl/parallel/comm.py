@@ -262,6 +262,44 @@ class Communicator:
             self._comm.Gatherv(rows, [recv, (counts * width).tolist()], root=root)
         return np.split(recv, np.cumsum(counts)[:-1])
 
+    # -- groups and point to point (model parallelism) -------------------------------
+    def split(self, color: int, key: int, name: str) -> "Communicator":
+        """The ranks that gave the same `color`, ordered by `key` (MPI_Comm_split); `name` (such
+        as "tensor group") appears in the watchdog's messages. The group reports its waits to
+        this communicator, so the one watchdog of the world sees a rank stuck in a group."""
+        return GroupCommunicator(self._comm.Split(color=color, key=key), self._MPI, self, name)
+
+    def isend(self, buf: np.ndarray, dest: int, tag: int):
+        """Start sending a contiguous array to `dest`; keep `buf` alive until wait_sends."""
+        return self._comm.Isend(buf, dest=dest, tag=tag)
+
+    def wait_sends(self, requests, what: str = "Waitall(sends)") -> None:
+        if requests:
+            with self._watch(what):
+                self._MPI.Request.Waitall(requests)
+
+    def recv_(self, buf: np.ndarray, source: int, tag: int, what: str = "Recv") -> np.ndarray:
+        with self._watch(what):
+            self._comm.Recv(buf, source=source, tag=tag)
+        return buf
+
+    def gather_flat(self, buf: np.ndarray, root: int = 0) -> list[np.ndarray] | None:
+        """Each rank's 1-D array (own length, one dtype) at root as a list indexed by rank;
+        None elsewhere (Gather of the lengths, then Gatherv)."""
+        buf = np.ascontiguousarray(buf)
+        if self.size == 1:
+            return [buf.copy()]
+        counts = np.zeros(self.size, dtype=np.int64)
+        with self._watch("Gather(lengths)"):
+            self._comm.Gather(np.array([buf.size], dtype=np.int64), counts, root=root)
+        with self._watch("Gatherv(shards)"):
+            if self.rank != root:
+                self._comm.Gatherv(buf, None, root=root)
+                return None
+            recv = np.empty(int(counts.sum()), dtype=buf.dtype)
+            self._comm.Gatherv(buf, [recv, counts.tolist()], root=root)
+        return np.split(recv, np.cumsum(counts)[:-1])
+
     # -- agreement and failure -----------------------------------------------------
     def check_same(self, what: str, digest: bytes) -> None:
         """Raise MismatchError on every rank if any rank's digest of `what` differs from rank 0's."""
@@ -305,6 +343,41 @@ class Communicator:
             self._MPI.Finalize()
 
 
+class GroupCommunicator(Communicator):
+    """A sub-group of the world (a tensor, pipeline or data group of a model-parallel grid).
+    Waits and the step context are kept on the world's communicator, whose watchdog then
+    names the group's collective; an abort ends the whole job."""
+
+    def __init__(self, mpi_comm, MPI, parent: Communicator, name: str):
+        self._root = parent._root if isinstance(parent, GroupCommunicator) else parent
+        super().__init__(mpi_comm, MPI)
+        self.name = name
+        self.blas_threads = getattr(self._root, "blas_threads", None)
+
+    @property
+    def waiting_in(self):
+        return self._root.waiting_in
+
+    @waiting_in.setter
+    def waiting_in(self, value):
+        if value is not None:
+            value = (f"{value[0]} in the {self.name}", value[1])
+        if hasattr(self, "_root"):
+            self._root.waiting_in = value
+
+    @property
+    def context(self):
+        return self._root.context
+
+    @context.setter
+    def context(self, value):
+        if hasattr(self, "_root"):
+            self._root.context = value
+
+    def abort(self, code: int = 1) -> None:
+        self._root.abort(code)
+
+
 class SerialComm(Communicator):
     """A world of one for machines where mpi4py cannot load an MPI library. The base class
     already returns early at size 1 from every collective; only what touches MPI itself is here."""
@@ -316,6 +389,9 @@ class SerialComm(Communicator):
     @property
     def library(self) -> str:
         return "none (serial stand-in)"
+
+    def split(self, color, key, name):
+        return self  # a world of one is its own only group
 
     # A world of one: every reduction is already complete.
     def iallreduce_sum(self, buf, codec=None):

@@ -368,7 +368,11 @@ class DistributedOptimizer:
         from mpidl.parallel.comm import world
         if on_nonfinite not in ("skip", "abort"):
             raise ConfigError(f"on_nonfinite={on_nonfinite!r}: choose skip or abort")
-        self.comm = comm if comm is not None else world()
+        grid = getattr(model, "grid", None)  # a ShardedModel: replicas of this shard reduce together
+        self.comm = comm if comm is not None else (grid.data if grid is not None else world())
+        # The ranks holding the other shards of this replica, which must take the same decision
+        # on a non-finite gradient although each sees only its own shard's.
+        self.model_group = grid.model if grid is not None and grid.model.size > 1 else None
         self.model, self.store, self.optimizer = model, model.store, optimizer
         self.on_nonfinite = on_nonfinite
         self.sync = make_sync(self.comm, model, zero=zero, allreduce=allreduce, bucket_mb=bucket_mb,
@@ -454,6 +458,8 @@ class DistributedOptimizer:
         # Decided from the reduced gradient, which every rank holds alike (ZeRO asks its peers).
         # A NaN or inf loss brings a non-finite gradient with it.
         applied = self.sync.all_finite(grad)
+        if self.model_group is not None:
+            applied = not self.model_group.any_true(not applied)
         if applied:
             # Only the store's own gradient buffer may be zeroed early (ZeRO updates from a shard).
             zero_after = grad is self.store.grad
