@@ -17,9 +17,9 @@ from mpidl import data, nn, optim, testing  # noqa: E402
 from mpidl.errors import ConfigError, DataError, TrainingHalted, UserError  # noqa: E402
 from mpidl.inference import load  # noqa: E402
 from mpidl.models import Model, register  # noqa: E402
-from mpidl.parallel import DistributedOptimizer, broadcast_and_verify, world  # noqa: E402
+from mpidl.parallel import DistributedOptimizer, Grid, ShardedModel, broadcast_and_verify, world  # noqa: E402
 from mpidl.trainer import Trainer  # noqa: E402
 
 __all__ = ["__version__", "world", "nn", "optim", "data", "testing", "Model", "Trainer",
-           "DistributedOptimizer", "broadcast_and_verify", "load", "register",
+           "DistributedOptimizer", "Grid", "ShardedModel", "broadcast_and_verify", "load", "register",
            "UserError", "ConfigError", "DataError", "TrainingHalted"]

@@ -1,5 +1,6 @@
 """Everything between ranks: the communicator (the only mpi4py import), the gradient
-strategies and DistributedOptimizer, and the guards that keep a job from hanging."""
+strategies and DistributedOptimizer, the guards that keep a job from hanging, and model
+parallelism (the Grid of ranks, tensor-parallel layers, pipeline stages, ShardedModel)."""
 
 from __future__ import annotations
 
@@ -7,9 +8,11 @@ from mpidl.errors import UserError
 from mpidl.parallel import comm as _comm
 from mpidl.parallel.guard import (agreed, blas_threads, check_world_size, install_abort_on_exception,
                                   prints_errors, start_watchdog)
+from mpidl.parallel.grid import Grid
+from mpidl.parallel.sharded import ShardedModel
 from mpidl.parallel.sync import DistributedOptimizer, broadcast_and_verify, make_sync
 
-__all__ = ["world", "DistributedOptimizer", "broadcast_and_verify", "make_sync", "agreed"]
+__all__ = ["world", "DistributedOptimizer", "broadcast_and_verify", "make_sync", "agreed", "Grid", "ShardedModel"]
 
 
 def world(threads: int | None = None, collective_timeout: float = 300.0, expect_ranks: int | None = None):

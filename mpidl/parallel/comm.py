@@ -353,6 +353,12 @@ class GroupCommunicator(Communicator):
         super().__init__(mpi_comm, MPI)
         self.name = name
         self.blas_threads = getattr(self._root, "blas_threads", None)
+        self.traffic: dict[str, int] = {}  # bytes passed to each kind of Allreduce (benchmarks)
+
+    def allreduce_sum_(self, buf: np.ndarray, what: str = "Allreduce(sum)") -> np.ndarray:
+        if self.size > 1:
+            self.traffic[what] = self.traffic.get(what, 0) + buf.nbytes
+        return super().allreduce_sum_(buf, what)
 
     @property
     def waiting_in(self):

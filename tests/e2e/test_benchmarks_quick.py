@@ -65,3 +65,21 @@ def test_quick_benchmark_writes_sane_results(tmp_path):
         assert peer["ranks"] == 2 and peer["twin_verified"] and peer["samples_per_sec"] > 0
         assert peer["ratio"] == pytest.approx(peer["mpidl_samples_per_sec"] / peer["samples_per_sec"])
         assert (out / "peer.png").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model,T,S", [(["--model", "mlp", "--hidden", "64,64"], 2, 2),
+                                       (["--model", "transformer"], 2, 2), (["--model", "mlp"], 1, 4)])
+def test_model_parallel_bytes_per_step_equal_the_formula(model, T, S, tmp_path):
+    spec = importlib.util.spec_from_file_location("model_parallel", os.path.join(REPO, "benchmarks", "model_parallel.py"))
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    result = bench.run(4, T, S, [*model, "--batch-size", "32", "--dataset", "digits"], steps=30, warmup=3)
+    assert (result["tensor"], result["pipeline"], result["data"]) == (T, S, 1)
+    for r in result["ranks"]:
+        assert r["tensor_bytes_per_step"] == r["tensor_bytes_formula"]
+        assert r["pipeline_bytes_per_step"] == r["pipeline_bytes_formula"]
+        assert r["pipeline_bytes_per_step"] > 0  # 30 steps of 22 per epoch: an evaluation lies between
+    assert sum(r["tensor_bytes_per_step"] for r in result["ranks"]) > 0 or T == 1
+    # each rank holds a part: the parameters of the ranks add up to at least the whole model
+    assert sum(r["param_bytes"] for r in result["ranks"]) >= result["whole_params"] * 4

@@ -8,7 +8,8 @@ from support import run_mpi
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("script,least", [("own_mlp.py", 0.95), ("own_layer.py", 0.90), ("own_loop.py", 0.93)])
+@pytest.mark.parametrize("script,least", [("own_mlp.py", 0.95), ("own_layer.py", 0.90), ("own_loop.py", 0.93),
+                                          ("own_loop_model_parallel.py", 0.93)])
 def test_example_trains_under_two_ranks(script, least, tmp_path):
     proc = run_mpi(2, [f"{__import__('support').REPO}/examples/{script}"], timeout=600, cwd=str(tmp_path))
     assert proc.returncode == 0, proc.stdout + proc.stderr

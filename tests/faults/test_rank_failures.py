@@ -75,3 +75,27 @@ def test_a_rank_stopped_before_mpi_starts_ends_the_job_after_the_timeout():
     assert proc.returncode != 0 and "MPI started" not in proc.stdout
     assert "_start_mpi_or_exit_if_a_peer_rank_never_starts" in proc.stderr, proc.stderr[-2000:]
     assert elapsed < 20, elapsed
+
+
+# -- the same guarantees when the model is split across ranks (model parallelism) ----------
+def test_a_stalled_pipeline_stage_trips_the_watchdog_naming_the_receive(tmp_path):
+    proc, elapsed = _faulty(2, "stall", 1, 3, "--pipeline-stages", "2", "--collective-timeout", "3",
+                            out=tmp_path, timeout=60)
+    assert proc.returncode != 0
+    assert elapsed < 20, f"took {elapsed:.1f}s"
+    assert "[rank 0] mpidl: waited" in proc.stderr
+    assert "in Recv(gradients of micro-batch 1 from stage 2) in the pipeline group at step 3" in proc.stderr
+
+
+def test_nan_on_one_tensor_shard_every_rank_skips_the_same_update(tmp_path):
+    proc, _ = _faulty(4, "nan", 2, 7, "--tensor-parallel", "2", "--check-every", "1", "--on-drift", "abort",
+                      out=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert _summary(tmp_path)["skipped_steps"] == 1
+
+
+def test_an_exception_in_one_stage_ends_every_rank(tmp_path):
+    proc, elapsed = _faulty(4, "raise", 3, 5, "--tensor-parallel", "2", "--pipeline-stages", "2", out=tmp_path)
+    assert proc.returncode != 0
+    assert elapsed < 20, f"took {elapsed:.1f}s"
+    assert "[rank 3] RuntimeError: injected failure at step 5" in proc.stderr
