@@ -61,7 +61,12 @@ def test_every_grid_equals_one_process(name):
         got, trainer = _train_cli([*args, "--tensor-parallel", str(T), "--pipeline-stages", str(S)], comm)
         err = _rel(got, reference)
         assert err <= REL_TOL, f"grid T={T} S={S} D={comm.size // (T * S)}: {err:.2e} from one process"
-        if T * S > 1:  # each rank held only its part
+        if T * S > 1:  # each rank held only its part: the parts of one replica add up to the whole
+            model = trainer.model  # model, with the layers that are not split once per tensor rank
+            held = np.array([float(trainer.store.size)])
+            model.grid.model.allreduce_sum_(held)
+            replicated = sum(int(np.prod(shape)) for _, shape, _, _, split in model.whole if split is None)
+            assert held[0] == model.whole_size + (T - 1) * replicated
             assert trainer.store.size < reference.size
     start = mpidl.models.build_model(parse_config(args).model, (1, 8, 8), 10,
                                      parse_config(args).model_options(), dtype="float64", seed=5)
