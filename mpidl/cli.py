@@ -149,6 +149,9 @@ def parse_config(argv=None) -> RunConfig:
         raise ConfigError(f"model {model}: its recipe sets unknown option(s) {', '.join(unknown)}")
     if is_factory_path(model):  # your own model: the library's defaults where no recipe exists
         recipe = {"dataset": "digits", "epochs": 10, "batch_size": 64, "optimizer": "adam", "lr": 1e-3}
+    if "max_steps" in given and "epochs" not in given:
+        # --max-steps alone sets the run's length: the recipe's epochs would cut it short
+        recipe = {k: v for k, v in recipe.items() if k != "epochs"}
     cfg = RunConfig(**{**recipe, **given})
     if cfg.momentum is None:
         cfg.momentum = 0.0

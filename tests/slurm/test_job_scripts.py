@@ -171,17 +171,44 @@ def test_sweep_array_and_collect(slurm, workdir, batch):
 
 
 def test_scaling_script(slurm, workdir, batch):
-    job = slurm.sbatch(os.path.join(JOBS, "scaling.sbatch"), ["--nodes=1", "--ntasks-per-node=2"],
+    # The default data set (Fashion-MNIST): large enough for the weak runs' batches.
+    job = slurm.sbatch(os.path.join(JOBS, "scaling.sbatch"), ["--ntasks-per-node=2"],
                        ["--model", "mlp", "--hidden", "32"], cwd=workdir,
                        **_job_env(workdir, SCALING_STEPS="10", SCALING_BATCH="256", SCALING_RANK_BATCH="64"))
     (record,) = slurm.wait(job, timeout=150)
     log = _log(workdir, f"mpidl-scaling-{job}.out")
     assert record["JobState"] == "COMPLETED" and record["ExitCode"] == "0:0", log
+    assert record["NumNodes"] == "1", record  # one node unless asked
     with open(os.path.join(workdir, "runs", f"mpidl-scaling-{job}", "scaling.csv")) as f:
         rows = {r["run"]: r for r in csv.DictReader(f)}
     assert set(rows) == {"strong-n001", "weak-n001"}, log
     assert rows["strong-n001"]["batch_size"] == "256" and rows["weak-n001"]["batch_size"] == "128"
     assert all(r["world_size"] == "2" and float(r["samples_per_sec"]) > 0 for r in rows.values())
+    assert all(r["steps"] == "10" for r in rows.values()), rows
+    assert _run_config(workdir, job, "weak-n001")["dataset"] == "fashion-mnist"
+
+
+def test_scaling_script_trains_the_steps_it_says_and_keeps_what_finished(slurm, workdir, batch):
+    # digits (1437 samples) at a global batch of 1024: one step per epoch, so the recipe's 40
+    # epochs would stop at 40 of the 50 steps; the weak runs' batch (2 x 1000) exceeds the data
+    # set and fails: the strong run's row is still collected.
+    job = slurm.sbatch(os.path.join(JOBS, "scaling.sbatch"), ["--ntasks-per-node=2"],
+                       ["--model", "mlp", "--hidden", "16", "--dataset", "digits"], cwd=workdir,
+                       **_job_env(workdir, SCALING_STEPS="50", SCALING_BATCH="1024", SCALING_RANK_BATCH="1000"))
+    (record,) = slurm.wait(job, timeout=150)
+    log = _log(workdir, f"mpidl-scaling-{job}.out")
+    assert record["ExitCode"] == "1:0", (record, log)
+    assert "run weak-n1 failed" in log, log
+    with open(os.path.join(workdir, "runs", f"mpidl-scaling-{job}", "scaling.csv")) as f:
+        rows = {r["run"]: r for r in csv.DictReader(f)}
+    assert set(rows) == {"strong-n001"}, log
+    assert rows["strong-n001"]["steps"] == "50"
+    assert _run_config(workdir, job, "strong-n001")["dataset"] == "digits"
+
+
+def _run_config(workdir, job, run):
+    with open(os.path.join(workdir, "runs", f"mpidl-scaling-{job}", run, "summary.json")) as f:
+        return json.load(f)["config"]
 
 
 def test_preemptible_requeues_and_resumes_exactly(slurm, workdir, batch):
