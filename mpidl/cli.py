@@ -206,7 +206,8 @@ def main(argv=None) -> int:
         return EXIT_USAGE
     except SystemExit as exc:  # --help
         return int(exc.code or 0)
-    if cfg.out is None:
+    named_by_time = cfg.out is None
+    if named_by_time:
         data = os.path.basename(os.path.normpath(cfg.dataset)).replace(":", "-")
         cfg.out = os.path.join("runs", f"{cfg.model.replace(':', '-').replace('/', '_')}-{data}-"
                                        f"{time.strftime('%Y%m%d-%H%M%S')}")
@@ -221,6 +222,8 @@ def main(argv=None) -> int:
         else:  # srun --kill-on-bad-exit ends all tasks at the first exit: let the one that prints go first
             time.sleep(0.5)
         return EXIT_USAGE
+    if named_by_time:  # rank 0's clock names the run: ranks that start a second apart must agree
+        cfg.out = comm.allgather_bytes(cfg.out.encode(), width=1024)[0].rstrip(b"\0").decode()
     lead = comm.rank == 0
     try:
         trainer = agreed(comm, lambda: Trainer.from_config(cfg, comm))
