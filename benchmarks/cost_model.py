@@ -13,33 +13,7 @@ this machine cannot measure: they are stated assumptions (flags of run_all.py).
 
 from __future__ import annotations
 
-import numpy as np
-
-
-def ring_terms(p: int, n: float) -> tuple[float, float]:
-    return 2 * (p - 1), 2 * (p - 1) / p * n
-
-
-def fit_alpha_beta(points: list[tuple[int, float, float]]) -> tuple[float, float]:
-    """Least squares on relative error (small and large messages count alike) over
-    (ranks, bytes, seconds) points with ranks >= 2; alpha, beta kept non-negative."""
-    pts = [(p, n, t) for p, n, t in points if p >= 2 and t > 0]
-    if not pts:
-        return 0.0, 0.0
-    a = np.array([ring_terms(p, n) for p, n, _ in pts]) / np.array([t for *_, t in pts])[:, None]
-    alpha, beta = np.linalg.lstsq(a, np.ones(len(pts)), rcond=None)[0]
-    if alpha < 0 or beta < 0:  # refit the one that makes sense alone
-        only_beta = float(np.sum(a[:, 1]) / np.sum(a[:, 1] ** 2))
-        only_alpha = float(np.sum(a[:, 0]) / np.sum(a[:, 0] ** 2))
-        alpha, beta = (0.0, only_beta) if alpha < 0 else (only_alpha, 0.0)
-    return float(alpha), float(beta)
-
-
-def allreduce_time(p: int, n: float, alpha: float, beta: float) -> float:
-    if p <= 1:
-        return 0.0
-    la, lb = ring_terms(p, n)
-    return la * alpha + lb * beta
+from mpidl.parallel.costmodel import allreduce_time, fit_alpha_beta, ring_terms  # noqa: F401,E402
 
 
 def predict_step(compute_s: float, grad_bytes: float, ranks: int, ranks_per_node: int, cores_per_node: int,

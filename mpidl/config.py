@@ -116,8 +116,9 @@ class RunConfig:
                                          "float32", choices=("none", "fp16", "bf16"))
     zero: int = _opt(0, "1: ZeRO stage 1, optimiser state sharded across ranks (Reduce_scatter + Allgather)",
                      choices=(0, 1))
-    allreduce: str = _opt("flat", "'hierarchical': Reduce in each node, Allreduce among node leaders, Bcast",
-                          choices=("flat", "hierarchical"))
+    allreduce: str = _opt("flat", "'hierarchical': Reduce in each node, Allreduce among node leaders, Bcast; "
+                                  "'auto': measure the link at start-up and take flat, bf16 or fp16, whichever "
+                                  "the cost model predicts fastest", choices=("flat", "hierarchical", "auto"))
     # model parallelism (mpidl.parallel.tensor, mpidl.parallel.pipeline)
     tensor_parallel: int = _opt(1, "split the dense pairs and attention layers across this many ranks (Megatron-style); "
                                    "the data-parallel degree is ranks / (tensor x pipeline)")
@@ -208,10 +209,12 @@ def validate(cfg: RunConfig) -> None:
          "needs --optimizer sgd and --momentum > 0")
     need(cfg.bucket_mb >= 0, "bucket_mb", "must be non-negative")
     need(cfg.accumulate >= 1, "accumulate", "must be at least 1")
-    need(not cfg.zero or (cfg.bucket_mb == 0 and cfg.grad_compression == "none" and cfg.allreduce == "flat"),
+    need(not cfg.zero or (cfg.bucket_mb == 0 and cfg.grad_compression == "none" and cfg.allreduce != "hierarchical"),
          "zero", "does not combine with --bucket-mb, --grad-compression or --allreduce hierarchical")
-    need(cfg.allreduce == "flat" or (cfg.bucket_mb == 0 and cfg.grad_compression == "none"), "allreduce",
+    need(cfg.allreduce != "hierarchical" or (cfg.bucket_mb == 0 and cfg.grad_compression == "none"), "allreduce",
          "hierarchical does not combine with --bucket-mb or --grad-compression")
+    need(cfg.allreduce != "auto" or (cfg.grad_compression == "none" and not cfg.zero), "allreduce",
+         "auto chooses the compression itself: leave out --grad-compression and --zero")
     need(cfg.tensor_parallel >= 1, "tensor_parallel", "must be at least 1")
     need(cfg.pipeline_stages >= 1, "pipeline_stages", "must be at least 1")
     need(cfg.micro_batches is None or cfg.micro_batches >= 1, "micro_batches", "must be at least 1")

@@ -312,9 +312,18 @@ def make_sync(comm, model, *, zero: bool = False, allreduce: str = "flat", bucke
         raise ConfigError("--zero 1 does not combine with --bucket-mb, --grad-compression or --allreduce hierarchical")
     if allreduce == "hierarchical" and (bucket_mb or codec):
         raise ConfigError("--allreduce hierarchical does not combine with --bucket-mb or --grad-compression")
-    if allreduce not in ("flat", "hierarchical"):
-        raise ConfigError(f"--allreduce {allreduce!r}: choose flat or hierarchical")
+    if allreduce not in ("flat", "hierarchical", "auto"):
+        raise ConfigError(f"--allreduce {allreduce!r}: choose flat, hierarchical or auto")
     store = model.store
+    if allreduce == "auto":
+        if zero or codec:
+            raise ConfigError("--allreduce auto chooses the compression itself: leave out --grad-compression and --zero")
+        from mpidl.parallel.costmodel import choose_reduction
+        codec, why = choose_reduction(comm, store.size, store.data.itemsize) if comm.size > 1 else (
+            None, "--allreduce auto: one rank, nothing to reduce")
+        sync = make_sync(comm, model, allreduce="flat", bucket_mb=bucket_mb, overlap=overlap, compression=codec)
+        sync.chosen = why
+        return sync
     if zero:
         store.pad(comm.size)
         return ZeroSync(comm, store)
@@ -392,7 +401,8 @@ class DistributedOptimizer:
             broadcast_and_verify(self.comm, model)
 
     def describe(self) -> str:
-        return self.sync.describe()
+        chosen = getattr(self.sync, "chosen", "")
+        return (chosen + "; " if chosen else "") + self.sync.describe()
 
     def state_bytes(self) -> int:
         """Bytes of the optimiser's persistent state (moments, velocity) on this rank."""

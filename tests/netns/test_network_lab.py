@@ -112,3 +112,14 @@ def test_a_link_that_goes_down_ends_the_job_and_the_checkpoint_resumes_bitwise(l
             return z["params"]
 
     assert np.array_equal(weights("resumed"), weights("straight"))
+
+
+def test_allreduce_auto_measures_the_link_and_picks_bf16_on_the_slow_one(lab):
+    nl = _load("network_lab")
+    run = lab.mpiexec(["-m", "mpidl.train", *nl.MODELS["cnn"], *nl.COMMON, "--max-steps", "6", "--allreduce", "auto"],
+                      env=nl.RING)
+    assert run.returncode == 0, run.stderr[-2000:]
+    (line,) = [line for line in run.stdout.splitlines() if line.startswith("communication: --allreduce auto")]
+    assert "(measured at start-up)" in line and "-> bf16" in line and "bf16 on the wire" in line, line
+    rate = float(line.split(" us + ")[1].split(" Mbit/s")[0])
+    assert 70 <= rate <= 110, line  # the link's 100 Mbit/s, measured in well under a second

@@ -34,3 +34,16 @@ def test_step_prediction_grows_with_ranks_and_oversubscription():
     across_nodes = cost_model.predict_step(0.01, 4e6, 4, 2, 2, shm, net)
     assert one < two < across_nodes
     assert four_on_two_cores > 0.02  # two ranks per core: compute takes twice as long
+
+
+def test_the_start_up_probe_fit_ignores_a_shapers_burst():
+    from mpidl.parallel.costmodel import fit_from_probes, ring_terms
+    alpha, beta = 20e-6, 8 / 100e6           # 20 us, 100 Mbit/s
+    burst = 64 * 1024                        # bytes a token bucket lets through at once
+    points = []
+    for n in (1 << 14, 1 << 19, 1 << 21):
+        la, lb = ring_terms(2, n)
+        points.append((2, n, la * alpha + max(0.0, lb - burst) * beta))
+    fitted_alpha, fitted_beta = fit_from_probes(points)
+    assert abs(fitted_beta / beta - 1) < 1e-9
+    assert fitted_alpha == 0.0 or fitted_alpha < alpha  # the small probe rode the burst
