@@ -9,6 +9,7 @@ from __future__ import annotations
 import glob
 import importlib.util
 import os
+import re
 import subprocess
 import sys
 import time
@@ -89,7 +90,9 @@ def test_a_link_that_goes_down_ends_the_job_and_the_checkpoint_resumes_bitwise(l
         elapsed = time.monotonic() - t0
         assert code != 0, err[-2000:]
         assert elapsed < 4 + 20, f"the job took {elapsed:.0f} s to end after the link went down"
-        assert "mpidl: waited" in err and "in Allreduce(gradients) at step" in err, err[-3000:]
+        # the collective it hung in: the gradients' Allreduce, or the small one that agrees on
+        # a stop signal after each step, whichever the link's loss caught
+        assert re.search(r"mpidl: waited \d+ s in Allreduce\((gradients|flag)\) at step \d+", err), err[-3000:]
     finally:
         lab.set_link(1, up=True)
         lab.shape(100)
