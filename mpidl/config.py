@@ -100,7 +100,9 @@ class RunConfig:
     timeline_steps: int = _opt(1000, "steps recorded in the --timeline, from the first")
     # output
     out: str | None = _opt(UNSET, "output folder (default runs/MODEL-DATASET-TIME)")
-    eval_batch_size: int = _opt(1000, "samples per evaluation batch on each rank")
+    eval_batch_size: int | None = _opt(UNSET, "samples per evaluation batch on each rank (default: this rank's "
+                                              "share of the training batch, so evaluating needs no more "
+                                              "memory than a step)")
     log_every: int = _opt(0, "also write a record to metrics.jsonl every N steps (step, training loss, "
                              "learning rate, samples/s); 0: per epoch only")
     progress: str = _opt("auto", "progress display on rank 0: auto (bar on a terminal), bar, log, none",
@@ -197,7 +199,7 @@ def validate(cfg: RunConfig) -> None:
     need(cfg.lr_step >= 0, "lr_step", "must be non-negative")
     need(0 < cfg.lr_gamma <= 1, "lr_gamma", "must be in (0, 1]")
     need(cfg.threads is None or cfg.threads >= 1, "threads", "must be at least 1")
-    need(cfg.eval_batch_size >= 1, "eval_batch_size", "must be at least 1")
+    need(cfg.eval_batch_size is None or cfg.eval_batch_size >= 1, "eval_batch_size", "must be at least 1")
     need(cfg.collective_timeout >= 0, "collective_timeout", "must be non-negative")
     need(cfg.check_every >= 0, "check_every", "must be non-negative")
     need(cfg.prefetch >= 0, "prefetch", "must be non-negative")

@@ -73,3 +73,20 @@ def test_resuming_a_finished_run_says_so_and_writes_strict_json(tmp_path, capsys
     text = (tmp_path / "out" / "summary.json").read_text()
     summary = json.loads(text, parse_constant=lambda c: pytest.fail(f"{c} in summary.json"))
     assert summary["train_loss"] is None and summary["steps"] == 22
+
+
+@pytest.mark.parametrize("eval_batch,calls", [(None, 4), (1000, 1)])
+def test_evaluation_batches_default_to_the_training_share(eval_batch, calls):
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(200, 8)), rng.integers(0, 3, 200)
+    settings = dict(batch_size=32, max_steps=1, progress="none")
+    if eval_batch:
+        settings["eval_batch_size"] = eval_batch
+    t = mpidl.Trainer(nn.Sequential(nn.Linear(8, 3)), train=(x[:100], y[:100]), val=(x[100:], y[100:]),
+                      comm=SerialComm(), **settings)
+    sizes = []
+    evaluate_sums = t.model.evaluate_sums
+    t.model.evaluate_sums = lambda xb, yb: sizes.append(len(xb)) or evaluate_sums(xb, yb)
+    loss, _ = t.evaluate()
+    assert len(sizes) == calls and sum(sizes) == 100 and max(sizes) <= (eval_batch or 32)
+    assert np.isfinite(loss)
