@@ -69,16 +69,11 @@ def predicted(trainer):
         # inside a split dense pair the activations are this rank's 1/T of them
         out_split = T if dense and isinstance(dense[-1], ColumnParallelLinear) else 1
         in_split = T if dense and isinstance(dense[0], RowParallelLinear) else 1
-        width_out = boundary_width(trainer, grid.s) // out_split if not grid.last_stage else 0
-        width_in = boundary_width(trainer, grid.s - 1) // in_split if not grid.first_stage else 0
+        width_out = trainer.boundaries[grid.s] // out_split if not grid.last_stage else 0
+        width_in = trainer.boundaries[grid.s - 1] // in_split if not grid.first_stage else 0
         pipe = rows * (width_out + width_in) * item + 64 * micro * ((width_out > 0) + (width_in > 0))
     grads = trainer.store.data.nbytes if grid.shape.data > 1 else 0
     return tensor, pipe, grads
-
-
-def boundary_width(trainer, stage):
-    """Elements per sample of the activations between stage `stage` and the next."""
-    return trainer.boundaries[stage]
 
 
 def boundary_widths(cfg, trainer):

@@ -128,14 +128,15 @@ def restore_state(modules: list[Module], saved: list[dict]) -> None:
 
 # -- activations between stages --------------------------------------------------------
 class Link:
-    """Sends and receives arrays between neighbouring stages of one pipeline group."""
+    """Sends and receives arrays between neighbouring stages of one pipeline group (buffer-protocol
+    Isend/Recv through the Communicator: no pickling)."""
 
     def __init__(self, group, dtype):
         self.group, self.dtype = group, np.dtype(dtype)
         self.pending = []  # (request, arrays kept alive until it completes)
         self.bytes_sent = 0
 
-    def send(self, array: np.ndarray, dest: int, tag: int) -> None:
+    def send_array(self, array: np.ndarray, dest: int, tag: int) -> None:
         array = np.ascontiguousarray(array, dtype=self.dtype)
         if array.ndim >= _HEADER:
             raise ValueError(f"pipeline: cannot send a {array.ndim}-dimensional array")
@@ -146,7 +147,7 @@ class Link:
         self.pending.append((self.group.isend(array, dest, tag), array))
         self.bytes_sent += header.nbytes + array.nbytes
 
-    def recv(self, source: int, tag: int, what: str) -> np.ndarray:
+    def recv_array(self, source: int, tag: int, what: str) -> np.ndarray:
         header = np.zeros(_HEADER, dtype=np.int64)
         self.group.recv_(header, source, tag, what)
         array = np.empty(tuple(int(s) for s in header[1:1 + header[0]]), dtype=self.dtype)

@@ -64,7 +64,7 @@ class ShardedModel:
         self.net = local
         self.store = ParamStore(local)
         self.store.allocate(model.dtype, initialise=False)
-        splits = {id(getattr(p, "source", p)): getattr(p, "split", None) for p in _all_params(net)}
+        splits = {id(getattr(p, "source", p)): getattr(p, "split", None) for p in net.parameters()}
         # The whole model's parameters in flat order: (name, shape, offset, stage, split).
         self.whole, offset = [], 0
         for p in whole:
@@ -136,14 +136,14 @@ class ShardedModel:
                 if g.first_stage:
                     inp = x[parts[i]]
                 else:
-                    inp = link.recv(g.s - 1, FORWARD_TAG, f"Recv(activations of micro-batch {i + 1} from stage {g.s})")
+                    inp = link.recv_array(g.s - 1, FORWARD_TAG, f"Recv(activations of micro-batch {i + 1} from stage {g.s})")
                 out = self.net.forward(inp, True)
                 if g.last_stage:
                     share = len(parts[i]) / n
                     loss, douts[i] = self._loss(out, None, y[parts[i]], weight * share)
                     total += loss * share
                 else:
-                    link.send(out, g.s + 1, FORWARD_TAG)
+                    link.send_array(out, g.s + 1, FORWARD_TAG)
                 if k + 1 < len(ops) and ops[k + 1] != ("B", i):  # another forward comes first
                     held[i] = save_state(self._modules)
             else:
@@ -152,10 +152,10 @@ class ShardedModel:
                 if g.last_stage:
                     dy = douts.pop(i)
                 else:
-                    dy = link.recv(g.s + 1, BACKWARD_TAG, f"Recv(gradients of micro-batch {i + 1} from stage {g.s + 2})")
+                    dy = link.recv_array(g.s + 1, BACKWARD_TAG, f"Recv(gradients of micro-batch {i + 1} from stage {g.s + 2})")
                 dx = self.net.backward(dy)
                 if not g.first_stage:
-                    link.send(dx, g.s - 1, BACKWARD_TAG)
+                    link.send_array(dx, g.s - 1, BACKWARD_TAG)
         link.finish()
         return total if g.reports else 0.0
 
@@ -164,11 +164,11 @@ class ShardedModel:
         if self.S == 1:
             return self.net.forward(x, False)
         g, link = self.grid, self.link
-        inp = x if g.first_stage else link.recv(g.s - 1, FORWARD_TAG, f"Recv(evaluation activations from stage {g.s})")
+        inp = x if g.first_stage else link.recv_array(g.s - 1, FORWARD_TAG, f"Recv(evaluation activations from stage {g.s})")
         out = self.net.forward(inp, False)
         if g.last_stage:
             return out
-        link.send(out, g.s + 1, FORWARD_TAG)
+        link.send_array(out, g.s + 1, FORWARD_TAG)
         link.finish()
         return None
 
@@ -271,10 +271,3 @@ class ShardedModel:
         store.allocate(data.dtype, initialise=False)
         store.data[...] = data
         return store
-
-    def parameter_bytes(self) -> int:
-        return self.store.data.nbytes
-
-
-def _all_params(net):
-    return net.parameters()
