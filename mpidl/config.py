@@ -215,8 +215,9 @@ def validate(cfg: RunConfig) -> None:
          "zero", "does not combine with --bucket-mb, --grad-compression or --allreduce hierarchical")
     need(cfg.allreduce != "hierarchical" or (cfg.bucket_mb == 0 and cfg.grad_compression == "none"), "allreduce",
          "hierarchical does not combine with --bucket-mb or --grad-compression")
-    need(cfg.allreduce != "auto" or (cfg.grad_compression == "none" and not cfg.zero), "allreduce",
-         "auto chooses the compression itself: leave out --grad-compression and --zero")
+    need(cfg.allreduce != "auto" or (cfg.grad_compression == "none" and not cfg.zero and cfg.bucket_mb == 0),
+         "allreduce", "auto chooses the compression and the buckets itself: leave out --grad-compression, "
+         "--bucket-mb and --zero")
     need(cfg.tensor_parallel >= 1, "tensor_parallel", "must be at least 1")
     need(cfg.pipeline_stages >= 1, "pipeline_stages", "must be at least 1")
     need(cfg.micro_batches is None or cfg.micro_batches >= 1, "micro_batches", "must be at least 1")

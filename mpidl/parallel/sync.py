@@ -303,8 +303,104 @@ class BucketSync(GradientSync):
                 self.comm.allreduce_mean_(grad[start:end])
 
 
+class AutoSync(GradientSync):
+    """--allreduce auto: measures the link (alpha, beta) and the 16-bit codecs' cost at
+    start-up, reduces the first step flat while timing when each layer's gradients are ready
+    in its backward, then takes the reduction with the shortest predicted wait after backward
+    (costmodel.reduction_wait): flat, bf16 or fp16, whole or in buckets of 1, 4 or 16 MiB
+    started during backward. A net without per-layer hooks gets the choice at start-up,
+    without buckets."""
+    grad_scale_folded = False
+    CODECS = (None, "bf16", "fp16")
+    BUCKET_MB = (0, 1, 4, 16)
+
+    def __init__(self, comm, store, net, overlap: str = "test", announce=None):
+        from mpidl.parallel import costmodel
+        super().__init__(comm, store)
+        self.net, self.overlap = net, overlap
+        self.announce = announce or (lambda *a, **k: None)
+        self.inner = BucketSync(comm, store, net, None, overlap, None)  # flat, mean taken after
+        self.predicted: dict[str, float] = {}
+        if comm.size == 1:
+            self.chosen, self.deciding = "--allreduce auto: one rank, nothing to reduce", False
+            return
+        self.alpha, self.beta = costmodel.measure_link(comm)
+        # the slowest rank's coding sets the pace of every ring step
+        own = np.array([costmodel.codec_seconds_per_element(c, store.size) for c in self.CODECS if c])
+        _, slowest = comm.allreduce_min_max(own)
+        self.codec_cost = dict(zip([c for c in self.CODECS if c], slowest.tolist()))
+        self.ready_after = BucketSync._ready_frontiers(net, store)
+        self.link = costmodel.describe_link(self.alpha, self.beta)
+        self._hook_times: list[tuple[int, float]] = []
+        self.deciding = self.ready_after is not None
+        if self.deciding:
+            self.chosen = f"--allreduce auto: {self.link}; chooses after timing the first step's backward"
+        else:
+            self._decide([], 0.0)
+
+    def describe(self) -> str:
+        if self.inner.codec is None and len(self.inner.buckets) == 1:
+            return GradientSync.describe(self)
+        return self.inner.describe()
+
+    def arm(self) -> None:
+        if self.deciding:
+            self._hook_times = []
+            self.net.backward_hook = lambda index: self._hook_times.append((index, time.perf_counter()))
+        else:
+            self.inner.arm()
+
+    def _finish(self) -> None:
+        if not self.deciding:
+            self.inner._finish()
+            return
+        ended = time.perf_counter()
+        self.net.backward_hook = None
+        self.inner._finish()
+        if self._hook_times:  # the step's last backward was timed (not a step without one)
+            self.deciding = False
+            ready = [(index, t - ended) for index, t in self._hook_times]
+            self._decide(ready, ended - self._hook_times[0][1])
+
+    def _bucket_ready(self, buckets, ready) -> list[tuple[int, float]]:
+        """(elements, seconds before the end of backward) of each bucket, as BucketSync
+        would launch them: at the first layer after which everything in the bucket is final."""
+        out = []
+        for start, end in buckets:
+            when = next((t for index, t in ready if self.ready_after[index] <= start), 0.0)
+            out.append((end - start, when))
+        return out
+
+    def _decide(self, ready, backward_s: float) -> None:
+        from mpidl.parallel import costmodel
+        p, itemsize, plans = self.comm.size, self.store.grad.dtype.itemsize, {}
+        for codec in self.CODECS:
+            seen = []
+            for mb in (self.BUCKET_MB if ready else (0,)):
+                buckets = cut_buckets(self.store, mb * MB) if mb else [(0, self.store.size)]
+                if buckets in seen:
+                    continue  # the same cut as a smaller size (or the whole buffer)
+                seen.append(buckets)
+                name = ", ".join(filter(None, [codec, f"buckets {mb} MiB" if mb else None])) or "flat"
+                plans[name] = (codec, mb)
+                self.predicted[name] = costmodel.reduction_wait(
+                    p, self.alpha, self.beta, self._bucket_ready(buckets, ready) if mb else [(self.store.size, 0.0)],
+                    2 if codec else itemsize, self.codec_cost.get(codec, 0.0))
+        best = costmodel.choose(self.comm, self.predicted)
+        codec, mb = plans[best]
+        if codec or mb:
+            self.inner = BucketSync(self.comm, self.store, self.net, mb * MB if mb else None, self.overlap, codec)
+        timed = f"backward {backward_s * 1e3:.1f} ms (timed in step 1); " if ready else ""
+        self.chosen = (f"--allreduce auto: {self.link}; {timed}predicted wait after backward for "
+                       f"{self.store.size * itemsize / MB:.2f} MiB: " +
+                       ", ".join(f"{k} {v * 1e3:.1f} ms" for k, v in self.predicted.items()) + f" -> {best}")
+        if ready:
+            self.announce(f"communication: {self.chosen}; {self.inner.describe()}", flush=True)
+
+
+
 def make_sync(comm, model, *, zero: bool = False, allreduce: str = "flat", bucket_mb: float = 0.0,
-              overlap: str = "test", compression: str | None = None) -> GradientSync:
+              overlap: str = "test", compression: str | None = None, announce=None) -> GradientSync:
     """The strategy these options name (see the module docstring); refuses combinations that
     are not implemented."""
     codec = None if compression in (None, "none") else compression
@@ -316,14 +412,10 @@ def make_sync(comm, model, *, zero: bool = False, allreduce: str = "flat", bucke
         raise ConfigError(f"--allreduce {allreduce!r}: choose flat, hierarchical or auto")
     store = model.store
     if allreduce == "auto":
-        if zero or codec:
-            raise ConfigError("--allreduce auto chooses the compression itself: leave out --grad-compression and --zero")
-        from mpidl.parallel.costmodel import choose_reduction
-        codec, why = choose_reduction(comm, store.size, store.data.itemsize) if comm.size > 1 else (
-            None, "--allreduce auto: one rank, nothing to reduce")
-        sync = make_sync(comm, model, allreduce="flat", bucket_mb=bucket_mb, overlap=overlap, compression=codec)
-        sync.chosen = why
-        return sync
+        if zero or codec or bucket_mb:
+            raise ConfigError("--allreduce auto chooses the compression and the buckets itself: "
+                              "leave out --grad-compression, --bucket-mb and --zero")
+        return AutoSync(comm, store, model.net, overlap, announce)
     if zero:
         store.pad(comm.size)
         return ZeroSync(comm, store)
@@ -384,15 +476,15 @@ class DistributedOptimizer:
         self.model_group = grid.model if grid is not None and grid.model.size > 1 else None
         self.model, self.store, self.optimizer = model, model.store, optimizer
         self.on_nonfinite = on_nonfinite
+        self.warn = warn if warn is not None else (print if self.comm.rank == 0 else (lambda *a, **k: None))
         self.sync = make_sync(self.comm, model, zero=zero, allreduce=allreduce, bucket_mb=bucket_mb,
-                              overlap=overlap, compression=compression)
+                              overlap=overlap, compression=compression, announce=self.warn)
         data, mask = self.sync.optimizer_target()
         optimizer.bind(data, mask)  # ZeRO: state for this rank's shard only
         self.loss_scale = self.sync.grad_scale
         model.loss_scale = self.loss_scale
         self.skipped_steps = 0      # updates skipped for non-finite gradients
         self.where = ""             # the step, for messages (the trainer keeps it current)
-        self.warn = warn if warn is not None else (print if self.comm.rank == 0 else (lambda *a, **k: None))
         self._zeroed = False        # the last update left the gradients zeroed
         buffers = self.store.buffer_mask()
         self._buffers = np.flatnonzero(buffers) if buffers.any() else None

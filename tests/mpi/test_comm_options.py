@@ -154,3 +154,24 @@ def test_hierarchical_sum_matches_flat(ranks_per_node):
     store = _one_param_store(np.full(10, float(comm.rank)), np.float64)
     HierarchicalSync(comm, store, ranks_per_node).finish()
     np.testing.assert_array_equal(store.grad, (comm.size - 1) / 2)
+
+
+@pytest.mark.mpi
+def test_allreduce_auto_times_the_first_backward_then_every_rank_takes_the_same_reduction():
+    comm = world()
+    # 2.4 MB of float64 gradients: more than one bucket of 1 MiB
+    err, trainer = _relative_error([*ADAM, "--hidden", "512,512"], ["--allreduce", "auto"])
+    sync = trainer.sync
+    if comm.size == 1:
+        assert "one rank" in sync.chosen and not sync.predicted
+    else:
+        assert not sync.deciding, "the choice is made after step 1"
+        # whole-buffer and bucketed candidates, with and without a 16-bit codec
+        assert {"flat", "bf16", "fp16", "buckets 1 MiB", "bf16, buckets 1 MiB"} <= set(sync.predicted)
+        assert "(timed in step 1)" in sync.chosen and " -> " in sync.chosen
+        choice = sync.chosen.rsplit(" -> ", 1)[1]
+        comm.check_same("auto's choice", hashlib.sha256(choice.encode()).digest())
+        # shared memory is fast: a 16-bit codec costs more than the bytes it saves
+        assert not choice.startswith(("bf16", "fp16")), sync.chosen
+        assert err <= EXACT_REL_TOL, f"auto ({choice}) on {comm.size} ranks: relative difference {err:.2e}"
+    assert trainer.global_step == 20

@@ -122,8 +122,12 @@ def test_allreduce_auto_measures_the_link_and_picks_bf16_on_the_slow_one(lab):
     run = lab.mpiexec(["-m", "mpidl.train", *nl.MODELS["cnn"], *nl.COMMON, "--max-steps", "6", "--allreduce", "auto"],
                       env=nl.RING)
     assert run.returncode == 0, run.stderr[-2000:]
-    (line,) = [line for line in run.stdout.splitlines() if line.startswith("communication: --allreduce auto")]
-    assert "(measured at start-up)" in line and "-> bf16" in line and "bf16 on the wire" in line, line
+    lines = [line for line in run.stdout.splitlines() if line.startswith("communication: --allreduce auto")]
+    # the start-up line (link measured), then the choice once step 1's backward is timed
+    assert len(lines) == 2 and "chooses after timing the first step's backward" in lines[0], lines
+    line = lines[1]
+    assert "(measured at start-up)" in line and "(timed in step 1)" in line, line
+    assert "-> bf16" in line and "bf16 on the wire" in line, line
     rate = float(line.split(" us + ")[1].split(" Mbit/s")[0])
     # the link's 100 Mbit/s, measured in well under a second; 2 MiB ring steps wait behind the
     # shaper's queue, so the quick probe reads 69-82 (the choice needs only the order of magnitude)

@@ -47,3 +47,21 @@ def test_the_start_up_probe_fit_ignores_a_shapers_burst():
     fitted_alpha, fitted_beta = fit_from_probes(points)
     assert abs(fitted_beta / beta - 1) < 1e-9
     assert fitted_alpha == 0.0 or fitted_alpha < alpha  # the small probe rode the burst
+
+
+def test_reduction_wait_hides_what_backward_covers():
+    from mpidl.parallel.costmodel import allreduce_time, reduction_wait
+    alpha, beta, p = 10e-6, 8 / 1e9, 4          # 10 us, 1 Gbit/s
+    whole = reduction_wait(p, alpha, beta, [(1_000_000, 0.0)], 4)
+    assert whole == pytest.approx(allreduce_time(p, 4e6, alpha, beta))
+    first, last = allreduce_time(p, 3.6e6, alpha, beta), allreduce_time(p, 0.4e6, alpha, beta)
+    # the first 900k values ready long before backward ends: only the last bucket is waited for
+    early = reduction_wait(p, alpha, beta, [(900_000, -2 * first), (100_000, 0.0)], 4)
+    assert early == pytest.approx(last)
+    # ready just before the end: the link is busy with the first bucket, the second queues behind it
+    late = reduction_wait(p, alpha, beta, [(900_000, -first / 2), (100_000, 0.0)], 4)
+    assert late == pytest.approx(first / 2 + last)
+    assert early < late < whole + 2 * (p - 1) * alpha  # a second bucket costs one more latency term
+    # a 16-bit codec halves the bytes and adds its coding per element
+    coded = reduction_wait(p, alpha, beta, [(1_000_000, 0.0)], 2, codec_seconds=1e-9)
+    assert coded == pytest.approx(allreduce_time(p, 2e6, alpha, beta) + 1e-9 * 1_000_000 * 1.5)
