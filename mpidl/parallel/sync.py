@@ -398,7 +398,6 @@ class AutoSync(GradientSync):
             self.announce(f"communication: {self.chosen}; {self.inner.describe()}", flush=True)
 
 
-
 def make_sync(comm, model, *, zero: bool = False, allreduce: str = "flat", bucket_mb: float = 0.0,
               overlap: str = "test", compression: str | None = None, announce=None) -> GradientSync:
     """The strategy these options name (see the module docstring); refuses combinations that
