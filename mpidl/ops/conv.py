@@ -53,7 +53,7 @@ def sample_spans(N, rows_per_sample, chunk_rows=None):
 
 def patch_buffer(rows, K, ones, dtype, scratch=FRESH):
     """Scratch for one chunk of patches; with ``ones`` a last column of ones carries the bias."""
-    buf = scratch.empty("patches", (rows, K + ones), dtype)
+    buf = scratch.temp("patches", (rows, K + ones), dtype)
     if ones:
         buf[:, K] = 1
     return buf
@@ -85,7 +85,8 @@ def few_channel_windows(x, kernel, stride, padding, dilation, out_hw, scratch=FR
     """All windows of the zero-padded NCHW input as a strided view (N, C, Ho, Wo, kh, kw)."""
     (kh, kw), (sh, sw), (ph, pw), (dh, dw), (Ho, Wo) = kernel, stride, padding, dilation, out_hw
     N, C, H, Wd = x.shape
-    xp = scratch.zeros_once("padded", (N, C, H + 2 * ph, Wd + 2 * pw), x.dtype)
+    # A temporary (the patches are copied out of it), named by what decides the zero border.
+    xp = scratch.temp_zeros_once(f"padded_nchw_{H}x{Wd}_{ph}{pw}", (N, C, H + 2 * ph, Wd + 2 * pw), x.dtype)
     xp[:, :, ph:ph + H, pw:pw + Wd] = x  # the same part each time: the border stays zero
     window = (dh * (kh - 1) + 1, dw * (kw - 1) + 1)
     return sliding_window_view(xp, window, axis=(2, 3))[:, :, ::sh, ::sw, ::dh, ::dw][:, :, :Ho, :Wo]

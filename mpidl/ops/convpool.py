@@ -69,7 +69,7 @@ def conv2d_pool_relu_forward(x, W, b=None, stride=1, padding=0, dilation=1, keep
         source = plain  # backward gathers again, in plain (n, i, j) order
     y = np.empty((N, Hp, Wp, F), dtype=dtype)
     winner = scratch.empty("winner", (N, Hp, Wp, F), np.uint8)
-    out = scratch.empty("conv", (chunk * rows_per_sample, F), dtype)
+    out = scratch.temp("conv", (chunk * rows_per_sample, F), dtype)
     pooling = _Pooling(chunk, plane, dtype, scratch)
     for lo, hi in spans:
         conv = np.matmul(patches(lo, hi), W_T, out=out[:(hi - lo) * rows_per_sample])
@@ -85,8 +85,8 @@ class _Pooling:
     """Pools one chunk of samples at a time, with working planes that stay in cache."""
 
     def __init__(self, samples, plane, dtype, scratch):
-        self.best_top = scratch.empty("pool_best", (samples, plane), dtype)
-        self.flags = scratch.empty("pool_flags", (3, samples, plane), bool)
+        self.best_top = scratch.temp("pool_best", (samples, plane), dtype)
+        self.flags = scratch.temp("pool_flags", (3, samples, plane), bool)
 
     def pool_relu(self, conv, y, winner):
         """conv: (n, 4, plane), window positions (0,0), (0,1), (1,0), (1,1). Writes the pooled,
@@ -140,8 +140,8 @@ def conv2d_pool_relu_backward(dy, cache, need_dx=True, need_db=True, scratch=FRE
     if C >= FEW_CHANNELS:
         # Plain (n, i, j) row order, as conv2d's own backward gathers the patches.
         chunk = sample_spans(N, rows_per_sample)[0][1]
-        dconv = scratch.empty("dconv", (chunk, Hp, 2, Wp, 2, F), dtype)
-        hit = scratch.empty("hit", (chunk, Hp, Wp, F), bool)
+        dconv = scratch.temp("dconv", (chunk, Hp, 2, Wp, 2, F), dtype)
+        hit = scratch.temp("hit", (chunk, Hp, Wp, F), bool)
 
         def dy_rows(lo, hi):
             n = hi - lo
@@ -152,8 +152,8 @@ def conv2d_pool_relu_backward(dy, cache, need_dx=True, need_db=True, scratch=FRE
     # Few channels: the kept patch matrix is in window order, so the gradient chunks are too.
     spans = sample_spans(N, rows_per_sample, FEW_CHANNEL_CHUNK_ROWS)
     chunk = spans[0][1]
-    dconv = scratch.empty("dconv", (chunk, 2, 2, Hp, Wp, F), dtype)
-    hit = scratch.empty("hit", (chunk, Hp, Wp, F), bool)
+    dconv = scratch.temp("dconv", (chunk, 2, 2, Hp, Wp, F), dtype)
+    hit = scratch.temp("hit", (chunk, Hp, Wp, F), bool)
     K = C * kh * kw
     grads = np.zeros((K + ones, F), dtype=dtype)
     part = np.empty_like(grads)

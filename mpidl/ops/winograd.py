@@ -172,10 +172,10 @@ def _input_tiles(x, padding, tile_grid, few, dtype, scratch):
     # Named by geometry: another (H, padding) can need the same padded shape with other zero rows.
     name = f"wino_padded_{H}x{Wd}_{ph}{pw}"
     if few:
-        xp = scratch.zeros_once(name, (C, N, Hp, Wp), dtype)
+        xp = scratch.temp_zeros_once(name, (C, N, Hp, Wp), dtype)
         xp[:, :, ph:ph + H, pw:pw + Wd] = x.transpose(1, 0, 2, 3)
         return sliding_window_view(xp, (4, 4), axis=(2, 3))[:, :, ::2, ::2].transpose(4, 5, 0, 1, 2, 3)
-    xp = scratch.zeros_once(name, (N, Hp, Wp, C), dtype)
+    xp = scratch.temp_zeros_once(name, (N, Hp, Wp, C), dtype)
     xp[:, ph:ph + H, pw:pw + Wd, :] = x.transpose(0, 2, 3, 1)
     return sliding_window_view(xp, (4, 4), axis=(1, 2))[:, ::2, ::2].transpose(4, 5, 0, 1, 2, 3)
 
@@ -200,20 +200,20 @@ def winograd_conv2d_forward(x, W, b=None, padding=1, scratch=FRESH, keep_cache=T
     # V for the whole batch (kept for backward), chunk after chunk: each (16, tiles, C), or with few
     # channels (16*C + 1, tiles), the last row ones, which carry the bias through the GEMM.
     V = scratch.empty("wino_V", ((16 * C + few) * N * tiles,), dtype)
-    D = scratch.empty("wino_D", (16, chunk_rows * C), dtype)
+    D = scratch.temp("wino_D", (16, chunk_rows * C), dtype)
     if few:
         Wf = _folded_filters(U, dtype)
         if bias is not None:
             Wf = np.concatenate([Wf, np.tile(bias, 4)[None]])                      # (16C + 1, 4F)
-        Z = scratch.empty("wino_Z", (chunk_rows, 4 * F), dtype)
+        Z = scratch.temp("wino_Z", (chunk_rows, 4 * F), dtype)
     else:
         # The bias as a 17th row of M, against a column of ones appended to kron(A^T, A^T).
-        M = scratch.empty("wino_M", (16 + (bias is not None), chunk_rows, F), dtype)
+        M = scratch.temp("wino_M", (16 + (bias is not None), chunk_rows, F), dtype)
         A2 = tr["A2"]
         if bias is not None:
             M[16] = bias
             A2 = np.concatenate([A2, np.ones((4, 1), dtype=dtype)], axis=1)
-        Y = scratch.empty("wino_Y", (4, chunk_rows * F), dtype)
+        Y = scratch.temp("wino_Y", (4, chunk_rows * F), dtype)
     out = np.empty((N, 2 * Th, 2 * Tw, F), dtype=dtype)
     for lo, hi in spans:
         n, rows = hi - lo, (hi - lo) * tiles
@@ -263,7 +263,7 @@ def winograd_conv2d_backward(dy, cache, need_dx=True, need_db=True, scratch=FRES
     g = dy.transpose(0, 2, 3, 1)
     if not g[0].flags.c_contiguous or g.strides[0] != g[0].nbytes or (Ho, Wo) != (2 * Th, 2 * Tw) \
             or g.dtype != dtype:
-        buf = scratch.zeros_once(f"wino_dy_{Ho}x{Wo}", (N, 2 * Th, 2 * Tw, F), dtype)   # odd sizes: last row/column 0
+        buf = scratch.temp_zeros_once(f"wino_dy_{Ho}x{Wo}", (N, 2 * Th, 2 * Tw, F), dtype)   # odd sizes: last row/column 0
         buf[:, :Ho, :Wo] = g
         g = buf
     chunk = spans[0][1] - spans[0][0]
@@ -274,24 +274,24 @@ def winograd_conv2d_backward(dy, cache, need_dx=True, need_db=True, scratch=FRES
     if few:
         # Folded as in forward: with Gt[t, (i, j, f)] the 2x2 dy tiles, dM[xi] = sum_ij A2[ij, xi] Gt[:, ij],
         # so dU[xi, c, f] = sum_ij A2[ij, xi] (V Gt)[(xi, c), (ij, f)], and dV = W' Gt^T.
-        Gt = scratch.empty("wino_dy_tiles", (chunk_rows, 4 * F), dtype)
+        Gt = scratch.temp("wino_dy_tiles", (chunk_rows, 4 * F), dtype)
         P = np.zeros((16 * C, 4 * F), dtype=dtype)
         part = np.empty_like(P)
         if need_dx:
             Wf = _folded_filters(U, dtype)
     else:
-        Gd = scratch.empty("wino_dy_tiles", (4, chunk_rows * F), dtype)
-        dM = scratch.empty("wino_dM", (16, chunk_rows, F), dtype)
+        Gd = scratch.temp("wino_dy_tiles", (4, chunk_rows * F), dtype)
+        dM = scratch.temp("wino_dM", (16, chunk_rows, F), dtype)
         dU = np.zeros((16, C, F), dtype=dtype)
         part = np.empty_like(dU)
         if need_dx:
             Ut = np.ascontiguousarray(U.transpose(0, 2, 1))    # (16, F, C): BLAS is 2x faster on it
     if need_dx:
-        dV = scratch.empty("wino_dV", (16 * chunk_rows * C,), dtype)             # a chunk: a contiguous prefix
-        dD = scratch.empty("wino_dD", (16, chunk_rows * C), dtype)
+        dV = scratch.temp("wino_dV", (16 * chunk_rows * C,), dtype)             # a chunk: a contiguous prefix
+        dD = scratch.temp("wino_dD", (16, chunk_rows * C), dtype)
         # Four images, one per 2x2 quarter (s1, s2) of the tiles, rows padded to Wp: the last
         # two columns stay zero, so the images are flat shifts of each other (see module docs).
-        quarters = scratch.zeros_once("wino_quarters", (2, 2, chunk, 2 * Th, Wp, C), dtype)
+        quarters = scratch.temp_zeros_once("wino_quarters", (2, 2, chunk, 2 * Th, Wp, C), dtype)
         dxp = np.empty((N, Hp, Wp, C), dtype=dtype)
         L, row = 2 * Th * Wp * C, Wp * C
     for lo, hi in spans:
