@@ -107,15 +107,24 @@ def make_steps(name, shape, batch):
     x = rng.random((batch, *shape), dtype=np.float32)
     y = rng.integers(0, 10, batch)
 
-    model = build_model(name, shape, 10, {"hidden": (64, 64)}, dtype=np.float32, seed=0)
-    opt = SGD(model, momentum=MOMENTUM, lr=LR)
+    def mpidl_stepper(algorithm):
+        model = build_model(name, shape, 10, {"hidden": (64, 64)}, dtype=np.float32, seed=0)
+        for m in model.net.modules():
+            if isinstance(m, Conv2d):
+                m.algorithm = algorithm
+        opt = SGD(model, momentum=MOMENTUM, lr=LR)
+        model.store.zero_grad()
 
-    model.store.zero_grad()
+        def mpidl_step():  # the kernels as the trainer runs them: the update leaves the gradients zeroed
+            model.loss_and_backward(x, y)
+            opt.step(model.store.data, model.store.grad, zero_grad=True)
+            model.store.mark_grads_zero()
+        return model, mpidl_step
 
-    def mpidl_step():  # the kernels as the trainer runs them: the update leaves the gradients zeroed
-        model.loss_and_backward(x, y)
-        opt.step(model.store.data, model.store.grad, zero_grad=True)
-        model.store.mark_grads_zero()
+    model, mpidl_step = mpidl_stepper("auto")
+    mpidl_steps = {"mpidl": mpidl_step}
+    if any(isinstance(m, Conv2d) for m in model.net.modules()):   # the same model without Winograd
+        mpidl_steps["mpidl_direct"] = mpidl_stepper("direct")[1]
 
     tx, ty = torch.from_numpy(x), torch.from_numpy(y)
     loss_fn = torch.nn.CrossEntropyLoss()
@@ -133,7 +142,7 @@ def make_steps(name, shape, batch):
     torch_steps = {"pytorch": torch_stepper(False)}
     if name == "cnn":
         torch_steps["pytorch_pool_first"] = torch_stepper(True)
-    return model, mpidl_step, torch_steps
+    return model, mpidl_steps, torch_steps
 
 
 def time_block(step, n) -> tuple[float, float]:
@@ -159,8 +168,9 @@ def main(argv=None):
     print(f"single-thread float32 GEMM (1024^3, NumPy/OpenBLAS): {gemm:.1f} GFLOP/s; BLAS: {blas_kernel()}")
     rows = []
     for label, name, shape, batch in [c for c in CASES if args.only in c[0]]:
-        model, mpidl_step, torch_steps = make_steps(name, shape, batch)
-        steps = {"mpidl": mpidl_step, **torch_steps}
+        model, mpidl_steps, torch_steps = make_steps(name, shape, batch)
+        mpidl_step = mpidl_steps["mpidl"]
+        steps = {**mpidl_steps, **torch_steps}
         flops = step_flops(model, shape, batch)
         for step in steps.values():  # warm-up: first-touch allocations, caches
             for _ in range(5):
@@ -189,11 +199,13 @@ def main(argv=None):
                    pytorch_spread=[batch / max(wall[best]), batch / min(wall[best])],
                    gflop_per_step=flops / 1e9,
                    mpidl_gflops=flops / med["mpidl"] / 1e9, pytorch_gflops=flops / med[best] / 1e9)
+        if "mpidl_direct" in med:   # how much Winograd gave: the same model on im2col alone
+            row.update(direct_ratio=med[best] / med["mpidl_direct"], winograd_speedup=med["mpidl_direct"] / med["mpidl"])
         rows.append(row)
         print(f"{label:30s} mpidl {row['mpidl_samples_per_s']:9.0f}/s  pytorch {row['pytorch_samples_per_s']:9.0f}/s"
               f"  ratio {row['ratio']:.2f}x (CPU time {row['cpu_ratio']:.2f}x)  GFLOP/s {row['mpidl_gflops']:5.1f} vs {row['pytorch_gflops']:5.1f}"
-              f" ({100 * row['mpidl_gflops'] / gemm:.0f}% / {100 * row['pytorch_gflops'] / gemm:.0f}% of GEMM)",
-              flush=True)
+              f" ({100 * row['mpidl_gflops'] / gemm:.0f}% / {100 * row['pytorch_gflops'] / gemm:.0f}% of GEMM)"
+              + (f"  im2col only: {row['direct_ratio']:.2f}x" if "direct_ratio" in row else ""), flush=True)
 
     meta = dict(numpy=np.__version__, torch=torch.__version__, python=platform.python_version(),
                 machine=platform.machine(), cpu_count=os.cpu_count(), load_average=os.getloadavg(),
@@ -208,12 +220,16 @@ def main(argv=None):
                 "Medians over interleaved blocks; ratio = mpidl / PyTorch throughput (wall clock, and by "
                 "process CPU time, which a busy machine disturbs less). PyTorch: the faster of the two "
                 "layer orders.\n\n"
-                "| case | mpidl samples/s | PyTorch samples/s | ratio | ratio (CPU time) | mpidl GFLOP/s "
+                "GFLOP/s: the direct convolution's multiply-adds x2 over the time (Winograd does fewer, so "
+                "it can pass the GEMM rate). 'im2col only': the ratio with every convolution on im2col "
+                "(--conv-algorithm direct), timed in the same blocks.\n\n"
+                "| case | mpidl samples/s | PyTorch samples/s | ratio | ratio (CPU time) | im2col only | mpidl GFLOP/s "
                 "| PyTorch GFLOP/s |\n"
-                "|---|---:|---:|---:|---:|---:|---:|\n")
+                "|---|---:|---:|---:|---:|---:|---:|---:|\n")
         for r in rows:
+            direct = f"{r['direct_ratio']:.2f}x" if "direct_ratio" in r else "-"
             f.write(f"| {r['case']} | {r['mpidl_samples_per_s']:.0f} | {r['pytorch_samples_per_s']:.0f} | "
-                    f"{r['ratio']:.2f}x | {r['cpu_ratio']:.2f}x | {r['mpidl_gflops']:.1f} | "
+                    f"{r['ratio']:.2f}x | {r['cpu_ratio']:.2f}x | {direct} | {r['mpidl_gflops']:.1f} | "
                     f"{r['pytorch_gflops']:.1f} |\n")
     return 0
 

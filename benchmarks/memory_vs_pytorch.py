@@ -31,7 +31,7 @@ from mpidl.trainer import Trainer
 from threadpoolctl import threadpool_limits
 threadpool_limits(1)
 cfg = parse_config(["--model", sys.argv[1], "--dataset", "fashion-mnist", "--batch-size", "64", "--max-steps", "%d",
-                    "--optimizer", "sgd", "--momentum", "0.9", "--lr", "0.05", "--progress", "none"])
+                    "--optimizer", "sgd", "--momentum", "0.9", "--lr", "0.05", "--progress", "none", *sys.argv[2:]])
 t = Trainer.from_config(cfg, SerialComm())
 t.train()
 loss, acc = t.evaluate()
@@ -67,9 +67,10 @@ print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, correct / len(d
 """ % (HERE, STEPS)
 
 
-def peak(code: str, model: str) -> tuple[float, float]:
+def peak(code: str, model: str, *flags: str) -> tuple[float, float]:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
-    proc = subprocess.run([sys.executable, "-c", code, model], capture_output=True, text=True, env=env, timeout=900)
+    proc = subprocess.run([sys.executable, "-c", code, model, *flags], capture_output=True, text=True, env=env,
+                          timeout=900)
     if proc.returncode != 0:
         raise RuntimeError(proc.stderr[-2000:])
     mb, acc = proc.stdout.split()[-2:]
@@ -80,10 +81,13 @@ def main():
     rows = []
     for model in ("cnn", "resnet20"):
         ours, our_acc = peak(MPIDL_CHILD, model)
+        lean, _ = peak(MPIDL_CHILD, model, "--winograd-keeps", "input")
         theirs, their_acc = peak(TORCH_CHILD, model)
         rows.append({"model": model, "mpidl_peak_mb": ours, "torch_peak_mb": theirs, "ratio": ours / theirs,
+                     "mpidl_keeps_input_peak_mb": lean, "keeps_input_ratio": lean / theirs,
                      "mpidl_accuracy": our_acc, "torch_accuracy": their_acc})
-        print(f"{model:9s} peak RSS mpidl {ours:7.0f} MB, PyTorch {theirs:7.0f} MB: {ours / theirs:.2f}x "
+        print(f"{model:9s} peak RSS mpidl {ours:7.0f} MB, PyTorch {theirs:7.0f} MB: {ours / theirs:.2f}x; "
+              f"--winograd-keeps input {lean:7.0f} MB: {lean / theirs:.2f}x "
               f"(test accuracy after {STEPS} steps {our_acc:.3f} / {their_acc:.3f})", flush=True)
     os.makedirs(os.path.join(HERE, "results"), exist_ok=True)
     with open(os.path.join(HERE, "results", "memory_vs_pytorch.json"), "w") as f:

@@ -136,6 +136,7 @@ class Trainer:
         for module in model.net.modules():
             if isinstance(module, Conv2d):
                 module.algorithm = cfg.conv_algorithm
+                module.winograd_keeps = cfg.winograd_keeps
         # One stream per replica: the ranks that hold parts of one replica draw alike.
         replica = self.data_comm.rank
         self.model_rng = np.random.default_rng([cfg.seed, replica, MODEL_STREAM])

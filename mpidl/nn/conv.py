@@ -7,7 +7,8 @@ from mpidl.ops import pool
 from mpidl.ops.conv import pair, conv2d_backward, conv2d_forward
 from mpidl.ops.convpool import conv2d_pool_relu_backward, conv2d_pool_relu_forward
 from mpidl.ops.scratch import Scratch
-from mpidl.ops.winograd import winograd_applies, winograd_conv2d_backward, winograd_conv2d_forward
+from mpidl.ops.winograd import (winograd_applies, winograd_conv2d_backward, winograd_conv2d_forward,
+                                 winograd_conv2d_pool_relu_forward, winograd_pool_applies)
 
 # Winograd F(2x2,3x3) beat im2col, forward + backward at batch 64, one thread, on 32->64
 # channels (1.5-1.6x, benchmarks/winograd_layers.py) and on resnet20's 16, 32 and 64-channel
@@ -15,15 +16,18 @@ from mpidl.ops.winograd import winograd_applies, winograd_conv2d_backward, winog
 # to save on: "auto" takes it from this many input channels up.
 WINOGRAD_MIN_CHANNELS = 16
 ALGORITHMS = ("auto", "direct", "winograd")
+# What a Winograd layer keeps for its weight gradient: the transformed input (4x the input's
+# size, no work in backward) or only the input it already has (transformed again in backward).
+WINOGRAD_KEEPS = ("transform", "input")
 
 
 class Conv2d(Module):
     """algorithm: 'auto' (Winograd for 3x3 stride-1 layers with at least WINOGRAD_MIN_CHANNELS
     input channels, im2col + GEMM elsewhere), 'direct' (always im2col), 'winograd' (where it
-    applies)."""
+    applies). winograd_keeps: 'transform' or 'input' (see WINOGRAD_KEEPS)."""
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0, dilation=1,
-                 bias: bool = True, init="he", algorithm: str = "auto"):
+                 bias: bool = True, init="he", algorithm: str = "auto", winograd_keeps: str = "transform"):
         kh, kw = pair(kernel_size)
         self.W = self.param("weight", (out_channels, in_channels, kh, kw), init)
         self.b = self.param("bias", (out_channels,), "zeros", decay=False) if bias else None
@@ -32,6 +36,7 @@ class Conv2d(Module):
         self._cache = None
         self._scratch = Scratch()    # working arrays reused from step to step
         self.algorithm = algorithm
+        self.winograd_keeps = winograd_keeps
 
     _forward, _backward = staticmethod(conv2d_forward), staticmethod(conv2d_backward)
 
@@ -44,24 +49,39 @@ class Conv2d(Module):
         if name not in ALGORITHMS:
             raise ValueError(f"Conv2d algorithm {name!r}: choose from {', '.join(ALGORITHMS)}")
         self._algorithm = name
-        fits = (type(self) is Conv2d and self.padding[0] <= 1 and self.padding[1] <= 1
-                and winograd_applies(self.W.shape, self.stride, self.padding, self.dilation))
+        fits = winograd_applies(self.W.shape, self.stride, self.padding, self.dilation)
         self.uses_winograd = fits and (name == "winograd" or
                                        (name == "auto" and self.W.shape[1] >= WINOGRAD_MIN_CHANNELS))
 
+    @property
+    def winograd_keeps(self) -> str:
+        return self._winograd_keeps
+
+    @winograd_keeps.setter
+    def winograd_keeps(self, what: str) -> None:
+        if what not in WINOGRAD_KEEPS:
+            raise ValueError(f"Conv2d winograd_keeps {what!r}: choose from {', '.join(WINOGRAD_KEEPS)}")
+        self._winograd_keeps = what
+
+    def _winograd_forward(self, x_shape):
+        """The Winograd kernel for this input, or None for im2col."""
+        return winograd_conv2d_forward if self.uses_winograd else None
+
     def forward(self, x, train=True):
         b = None if self.b is None else self.b.data
-        if self.uses_winograd:
-            y, cache = winograd_conv2d_forward(x, self.W.data, b, self.padding, scratch=self._scratch,
-                                               keep_cache=train)
+        winograd = self._winograd_forward(x.shape)
+        if winograd is not None:
+            keep = (True if self._winograd_keeps == "transform" else "input") if train else False
+            y, cache = winograd(x, self.W.data, b, self.padding, scratch=self._scratch, keep_cache=keep)
         else:
             y, cache = self._forward(x, self.W.data, b, self.stride, self.padding, self.dilation,
                                      keep_cols=train, scratch=self._scratch)
         self._cache = cache if train else None
+        self._cache_is_winograd = winograd is not None
         return y
 
     def backward(self, dy):
-        backward = winograd_conv2d_backward if self.uses_winograd else self._backward
+        backward = winograd_conv2d_backward if self._cache_is_winograd else self._backward
         dx, dW, db = backward(dy, self._cache, need_dx=self.need_input_grad, need_db=self.b is not None,
                               scratch=self._scratch)
         self.W.grad += dW
@@ -77,6 +97,12 @@ class Conv2dPoolReLU(Conv2d):
     full-resolution convolution output."""
 
     _forward, _backward = staticmethod(conv2d_pool_relu_forward), staticmethod(conv2d_pool_relu_backward)
+
+    def _winograd_forward(self, x_shape):
+        # By Winograd only where each 2x2 output tile is one pooling window (even output sizes).
+        if self.uses_winograd and winograd_pool_applies(x_shape, self.W.shape, self.padding):
+            return winograd_conv2d_pool_relu_forward
+        return None
 
 
 class MaxPool2d(Module):

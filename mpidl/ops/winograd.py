@@ -66,6 +66,7 @@ import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
 from mpidl.ops.conv import FEW_CHANNELS, conv_geometry, pair
+from mpidl.ops.convpool import _Pooling, _unpool
 from mpidl.ops.scratch import FRESH
 
 # Tiles per chunk (measured on the CNN's conv2, C=32, F=64, one BLAS thread: the small GEMMs
@@ -180,11 +181,58 @@ def _input_tiles(x, padding, tile_grid, few, dtype, scratch):
     return sliding_window_view(xp, (4, 4), axis=(1, 2))[:, ::2, ::2].transpose(4, 5, 0, 1, 2, 3)
 
 
+def _transform_chunk(windows, lo, hi, D, block, few, tr):
+    """V = B^T d B for samples lo..hi into block (their part of V): gather the 4x4 tiles into D,
+    then one transform GEMM. Returns V as (16, tiles * C)."""
+    C = windows.shape[2] if few else windows.shape[-1]
+    Th, Tw = windows.shape[-2:] if few else windows.shape[-3:-1]
+    rows = (hi - lo) * Th * Tw
+    d = D[:, :rows * C]
+    if few:
+        np.copyto(_view(d, (4, 4, C, hi - lo, Th, Tw)), windows[:, :, :, lo:hi])
+    else:
+        np.copyto(_view(d, (4, 4, hi - lo, Th, Tw, C)), windows[:, :, lo:hi])
+    v = _view(block[:16 * C * rows], (16, rows * C))
+    _transform(tr["B2"], d, v)
+    return v
+
+
 def winograd_conv2d_forward(x, W, b=None, padding=1, scratch=FRESH, keep_cache=True):
     """conv2d_forward(x, W, b, 1, padding, 1) for a 3x3 W, by F(2x2, 3x3). Returns (y, cache);
-    y is an NCHW view of NHWC memory. The cache refers to ``scratch`` arrays (the transformed
-    input, kept for the weight gradient), so it is good until the next call with that Scratch;
-    ``keep_cache=False`` (evaluation) returns None for it."""
+    y is an NCHW view of NHWC memory.
+
+    keep_cache: True keeps the transformed input V for the weight gradient (4x the input's
+    size, in a ``scratch`` array of the layer's own: the cache is good until the next call with
+    that Scratch); "input" keeps a reference to x instead and backward transforms it again (no
+    memory beyond x, one more gather and transform); False (evaluation) returns no cache."""
+    return _forward(x, W, b, padding, scratch, keep_cache, pool=False)
+
+
+def winograd_pool_applies(x_shape, W_shape, padding) -> bool:
+    """Whether winograd_conv2d_pool_relu_forward computes this layer: Winograd applies, the
+    input has FEW_CHANNELS or more, and the convolution output has even sizes, so that each
+    2x2 output tile is one pooling window."""
+    if not winograd_applies(W_shape, 1, padding, 1) or x_shape[1] < FEW_CHANNELS:
+        return False
+    (ph, pw) = pair(padding)
+    return (x_shape[2] + 2 * ph - 2) % 2 == 0 and (x_shape[3] + 2 * pw - 2) % 2 == 0
+
+
+def winograd_conv2d_pool_relu_forward(x, W, b=None, padding=1, scratch=FRESH, keep_cache=True):
+    """relu(maxpool2x2(conv2d(x, W, b, 1, padding))) by F(2x2, 3x3), as mpidl.ops.convpool does
+    by im2col: each 2x2 output tile is a pooling window, so the pooling takes the four rows of
+    the output transform while they are in cache, and the full-resolution output is never
+    stored (winograd_pool_applies says where). Returns (y, cache); keep_cache as in
+    winograd_conv2d_forward, and the cache holds the windows' winners (one byte each)."""
+    if not winograd_pool_applies(x.shape, W.shape, padding):
+        raise ValueError(f"winograd conv+pool: needs a 3x3 stride-1 kernel, {FEW_CHANNELS}+ input channels "
+                         f"and an even output size (input {tuple(x.shape)}, padding {padding})")
+    return _forward(x, W, b, padding, scratch, keep_cache, pool=True)
+
+
+def _forward(x, W, b, padding, scratch, keep_cache, pool):
+    if keep_cache not in (True, False, "input"):
+        raise ValueError(f"winograd: keep_cache is True, False or 'input', not {keep_cache!r}")
     N, C, H, Wd = x.shape
     F = W.shape[0]
     (ph, pw), (Ho, Wo), (Th, Tw) = _geometry(x.shape, W.shape, padding)
@@ -197,9 +245,11 @@ def winograd_conv2d_forward(x, W, b=None, padding=1, scratch=FRESH, keep_cache=T
     chunk_rows = (spans[0][1] - spans[0][0]) * tiles
     windows = _input_tiles(x, (ph, pw), (Th, Tw), few, dtype, scratch)
     bias = None if b is None else b.astype(dtype, copy=False)
-    # V for the whole batch (kept for backward), chunk after chunk: each (16, tiles, C), or with few
-    # channels (16*C + 1, tiles), the last row ones, which carry the bias through the GEMM.
-    V = scratch.empty("wino_V", ((16 * C + few) * N * tiles,), dtype)
+    # V chunk after chunk: each (16, tiles, C), or with few channels (16*C + 1, tiles), the last
+    # row ones, which carry the bias through the GEMM. For the whole batch when it is kept.
+    whole = keep_cache is True
+    V = (scratch.empty("wino_V", ((16 * C + few) * N * tiles,), dtype) if whole else
+         scratch.temp("wino_V_chunk", ((16 * C + few) * chunk_rows,), dtype))
     D = scratch.temp("wino_D", (16, chunk_rows * C), dtype)
     if few:
         Wf = _folded_filters(U, dtype)
@@ -214,17 +264,16 @@ def winograd_conv2d_forward(x, W, b=None, padding=1, scratch=FRESH, keep_cache=T
             M[16] = bias
             A2 = np.concatenate([A2, np.ones((4, 1), dtype=dtype)], axis=1)
         Y = scratch.temp("wino_Y", (4, chunk_rows * F), dtype)
-    out = np.empty((N, 2 * Th, 2 * Tw, F), dtype=dtype)
+    if pool:
+        out = np.empty((N, Th, Tw, F), dtype=dtype)
+        winner = scratch.empty("winner", (N, Th, Tw, F), np.uint8)
+        pooling = _Pooling(chunk_rows // tiles, tiles * F, dtype, scratch)
+    else:
+        out, winner = np.empty((N, 2 * Th, 2 * Tw, F), dtype=dtype), None
     for lo, hi in spans:
         n, rows = hi - lo, (hi - lo) * tiles
-        d = D[:, :rows * C]
-        if few:
-            np.copyto(_view(d, (4, 4, C, n, Th, Tw)), windows[:, :, :, lo:hi])
-        else:
-            np.copyto(_view(d, (4, 4, n, Th, Tw, C)), windows[:, :, lo:hi])
-        block = V[(16 * C + few) * lo * tiles:(16 * C + few) * hi * tiles]
-        v = _view(block[:16 * C * rows], (16, rows * C))
-        _transform(tr["B2"], d, v)                                              # V = B^T d B
+        block = V[(16 * C + few) * lo * tiles:(16 * C + few) * hi * tiles] if whole else V[:(16 * C + few) * rows]
+        v = _transform_chunk(windows, lo, hi, D, block, few, tr)                 # V = B^T d B
         if few:
             # Few channels: the 16 products and the output transform in one GEMM (see _folded_filters).
             vt = _view(block, (16 * C + 1, rows))
@@ -237,20 +286,27 @@ def winograd_conv2d_forward(x, W, b=None, padding=1, scratch=FRESH, keep_cache=T
             np.matmul(_view(v, (16, rows, C)), U, out=M[:16, :rows])
             y = Y[:, :rows * F]
             _transform(A2, _view(M[:, :rows], (len(M), rows * F)), y)           # A^T M A (+ bias)
+            if pool:   # rows of y: tile positions (0,0), (0,1), (1,0), (1,1) = window positions
+                plane = tiles * F
+                pooling.pool_relu(_view(y, (4, n, plane)).transpose(1, 0, 2), out[lo:hi].reshape(n, plane),
+                                  winner[lo:hi].reshape(n, plane))
+                continue
             target = out[lo:hi].reshape(n, Th, 2, Tw, 2, F).transpose(2, 4, 0, 1, 3, 5)
             source = _view(y, (2, 2, n, Th, Tw, F))
         np.copyto(target, source)
-    y = out[:, :Ho, :Wo].transpose(0, 3, 1, 2)
-    cache = (V, U, few, spans, W.shape, x.shape, (ph, pw), dtype) if keep_cache else None
-    return y, cache
+    y = (out if pool else out[:, :Ho, :Wo]).transpose(0, 3, 1, 2)
+    if not keep_cache:
+        return y, None
+    return y, (V if whole else x, whole, U, few, spans, W.shape, x.shape, (ph, pw), dtype, winner)
 
 
 def winograd_conv2d_backward(dy, cache, need_dx=True, need_db=True, scratch=FRESH):
     """Returns (dx, dW, db) like conv2d_backward: dx None when not needed, db None when not
-    needed. dx is an NCHW view of NHWC memory."""
+    needed. dx is an NCHW view of NHWC memory. After winograd_conv2d_pool_relu_forward, dy is
+    the gradient of the pooled output."""
     if cache is None:
         raise RuntimeError("winograd_conv2d_backward: the forward pass ran without keeping its cache")
-    V, U, few, spans, W_shape, x_shape, (ph, pw), dtype = cache
+    V, whole, U, few, spans, W_shape, x_shape, (ph, pw), dtype, winner = cache
     N, C, H, Wd = x_shape
     F = W_shape[0]
     Ho, Wo = H + 2 * ph - 2, Wd + 2 * pw - 2
@@ -261,13 +317,21 @@ def winograd_conv2d_backward(dy, cache, need_dx=True, need_db=True, scratch=FRES
     tr = _transforms(dtype)
     # dy channels-last on the even tile grid: a view when it already is (conv output layout).
     g = dy.transpose(0, 2, 3, 1)
-    if not g[0].flags.c_contiguous or g.strides[0] != g[0].nbytes or (Ho, Wo) != (2 * Th, 2 * Tw) \
+    if winner is not None:   # pooled: unpooled into the 2x2 tiles chunk by chunk, below
+        if not g[0].flags.c_contiguous or g.dtype != dtype:
+            g = np.ascontiguousarray(g, dtype=dtype)
+        hit = scratch.temp("hit", (spans[0][1] - spans[0][0], Th, Tw, F), bool)
+    elif not g[0].flags.c_contiguous or g.strides[0] != g[0].nbytes or (Ho, Wo) != (2 * Th, 2 * Tw) \
             or g.dtype != dtype:
         buf = scratch.temp_zeros_once(f"wino_dy_{Ho}x{Wo}", (N, 2 * Th, 2 * Tw, F), dtype)   # odd sizes: last row/column 0
         buf[:, :Ho, :Wo] = g
         g = buf
     chunk = spans[0][1] - spans[0][0]
     chunk_rows = chunk * tiles
+    if not whole:   # V again from the input, chunk by chunk, as forward made it
+        windows = _input_tiles(V, (ph, pw), (Th, Tw), few, dtype, scratch)
+        D = scratch.temp("wino_D", (16, chunk_rows * C), dtype)
+        V_chunk = scratch.temp("wino_V_chunk", ((16 * C + few) * chunk_rows,), dtype)
     db = np.zeros(F, dtype=dtype) if need_db else None
     if need_db:
         ones = np.ones(4 * chunk_rows, dtype=dtype)
@@ -296,8 +360,11 @@ def winograd_conv2d_backward(dy, cache, need_dx=True, need_db=True, scratch=FRES
         L, row = 2 * Th * Wp * C, Wp * C
     for lo, hi in spans:
         n, rows = hi - lo, (hi - lo) * tiles
-        v = _view(V[(16 * C + few) * lo * tiles:(16 * C + few) * hi * tiles][:16 * C * rows], (16, rows * C))
-        tiles_of_dy = g[lo:hi].reshape(n, Th, 2, Tw, 2, F)
+        if whole:
+            v = _view(V[(16 * C + few) * lo * tiles:(16 * C + few) * hi * tiles][:16 * C * rows], (16, rows * C))
+        else:
+            v = _transform_chunk(windows, lo, hi, D, V_chunk, few, tr)
+        tiles_of_dy = g[lo:hi].reshape(n, Th, 2, Tw, 2, F) if winner is None else None
         if few:
             gt = Gt[:rows]
             np.copyto(_view(gt, (n, Th, Tw, 2, 2, F)), tiles_of_dy.transpose(0, 1, 3, 2, 4, 5))
@@ -307,7 +374,10 @@ def winograd_conv2d_backward(dy, cache, need_dx=True, need_db=True, scratch=FRES
             P += part
         else:
             gd = Gd[:, :rows * F]
-            np.copyto(_view(gd, (2, 2, n, Th, Tw, F)), tiles_of_dy.transpose(2, 4, 0, 1, 3, 5))
+            if winner is None:
+                np.copyto(_view(gd, (2, 2, n, Th, Tw, F)), tiles_of_dy.transpose(2, 4, 0, 1, 3, 5))
+            else:
+                _unpool(g[lo:hi], winner[lo:hi], list(_view(gd, (4, n, Th, Tw, F))), hit[:n])
             dm = dM[:, :rows]
             _transform(tr["A2T"], gd, _view(dm, (16, rows * F)))              # dM = A dy A^T
             if need_db:

@@ -53,3 +53,32 @@ def test_the_flag_sets_every_convolution(flag, winograd_layers):
     trainer = Trainer.from_config(cfg, SerialComm())
     convs = [m for m in trainer.model.net.modules() if isinstance(m, nn.Conv2d)]
     assert sum(c.uses_winograd for c in convs) == winograd_layers and len(convs) == 21
+
+
+@pytest.mark.parametrize("size", [(10, 12), (9, 12)])      # an odd input height goes to im2col
+def test_fused_conv_pool_relu_by_winograd_equals_direct_in_float64(size):
+    from mpidl.models.base import Model
+    x = np.random.default_rng(2).normal(size=(3, 16, *size))
+    results = {}
+    for algorithm in ("direct", "winograd"):
+        net = nn.Sequential(nn.Conv2dPoolReLU(16, 16, 3, padding=1, algorithm=algorithm),
+                            nn.Conv2dPoolReLU(16, 8, 3, padding=1, algorithm=algorithm), nn.Flatten())
+        model = Model(net, "mse", dtype="float64", seed=1)
+        model.store.zero_grad()
+        model.loss_and_backward(x, np.zeros((3, 8 * (size[0] // 4) * (size[1] // 4))))
+        results[algorithm] = (model.predict(x), model.store.grad.copy())
+        used = [layer._cache_is_winograd for layer in net.layers[:2]]
+        expected = [size[0] % 2 == 0, (size[0] // 2) % 2 == 0] if algorithm == "winograd" else [False, False]
+        assert used == expected
+    np.testing.assert_allclose(results["winograd"][0], results["direct"][0], rtol=1e-11, atol=1e-12)
+    np.testing.assert_allclose(results["winograd"][1], results["direct"][1], rtol=1e-10, atol=1e-12)
+
+
+def test_winograd_keeps_flag_sets_every_convolution_and_bad_values_are_refused():
+    cfg = parse_config(["--model", "resnet20", "--dataset", "digits", "--max-steps", "1", "--batch-size", "8",
+                        "--winograd-keeps", "input"])
+    trainer = Trainer.from_config(cfg, SerialComm())
+    convs = [m for m in trainer.model.net.modules() if isinstance(m, nn.Conv2d)]
+    assert {c.winograd_keeps for c in convs} == {"input"}
+    with pytest.raises(ValueError, match="choose from transform, input"):
+        nn.Conv2d(16, 8, 3, winograd_keeps="both")

@@ -217,3 +217,67 @@ def test_random_shapes_match_direct(N, C, F, H, W, ph, pw, bias, nhwc, seed):
     for ours, d in zip((y, dx, dW, db), (y0, *conv2d_backward(dy, cache0))):
         assert ours.shape == d.shape
         assert rel_err(ours, d) <= 1e-10
+
+
+@pytest.mark.parametrize("channels", [2, 9])
+def test_keeping_the_input_instead_of_its_transform_gives_the_same_numbers(channels, monkeypatch):
+    """keep_cache='input' transforms x again in backward, chunk by chunk (here 2, 2, 1 samples),
+    and must give exactly what keeping V does; the cache then holds no copy of x."""
+    from mpidl.ops import winograd as module
+    monkeypatch.setattr(module, "CHUNK_TILES", 24)
+    rng, x, w, b = case((5, channels, 6, 7, 4), np.float64, seed=17)
+    x = channels_last(x)
+    runs = []
+    for keep in (True, "input"):
+        scratch = Scratch()
+        y, cache = winograd_conv2d_forward(x, w, b, 1, scratch=scratch, keep_cache=keep)
+        dy = np.cos(np.arange(y.size)).reshape(y.shape)
+        runs.append((y, *winograd_conv2d_backward(dy, cache, scratch=scratch)))
+        if keep == "input":
+            assert cache[0] is x
+    for ours, ref in zip(*runs):
+        np.testing.assert_array_equal(ours, ref)
+    with pytest.raises(ValueError, match="keep_cache"):
+        winograd_conv2d_forward(x, w, b, 1, keep_cache="yes")
+
+
+def torch_pool_relu_reference(x, w, b, padding, dy):
+    """relu(max_pool2d(conv2d(x))) and its gradients in PyTorch float64."""
+    torch = pytest.importorskip("torch")
+    tx, tw = (torch.tensor(np.asarray(a, dtype=np.float64), requires_grad=True) for a in (x, w))
+    tb = torch.tensor(np.asarray(b, dtype=np.float64), requires_grad=True)
+    ty = torch.relu(torch.nn.functional.max_pool2d(torch.nn.functional.conv2d(tx, tw, tb, padding=padding), 2))
+    ty.backward(torch.tensor(np.asarray(dy, dtype=np.float64)))
+    return ty.detach().numpy(), tx.grad.numpy(), tw.grad.numpy(), tb.grad.numpy()
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("shape, padding", [((3, 32, 14, 14, 64), 1), ((2, 9, 8, 6, 5), 1), ((2, 16, 10, 8, 4), 0)])
+@pytest.mark.parametrize("keep", [True, "input"])
+def test_fused_pool_relu_matches_the_im2col_layer_and_pytorch(shape, padding, dtype, keep, monkeypatch):
+    """Each 2x2 output tile is a pooling window: the Winograd conv-pool-ReLU gives what
+    mpidl.ops.convpool and PyTorch's conv2d -> max_pool2d -> relu give (small chunks: 2 samples)."""
+    from mpidl.ops import winograd as module
+    from mpidl.ops.convpool import conv2d_pool_relu_backward, conv2d_pool_relu_forward
+    monkeypatch.setattr(module, "CHUNK_TILES", 2 * ((shape[2] + 2 * padding - 2) // 2) ** 2)
+    rng, x, w, b = case(shape, dtype, seed=21)
+    x = channels_last(x)
+    y, cache = module.winograd_conv2d_pool_relu_forward(x, w, b, padding, scratch=Scratch(), keep_cache=keep)
+    dy = rng.normal(size=y.shape).astype(dtype)
+    ours = (y, *winograd_conv2d_backward(dy, cache))
+    y2, cache2 = conv2d_pool_relu_forward(x, w, b, 1, padding, 1)
+    direct = (y2, *conv2d_pool_relu_backward(dy, cache2))
+    for a, d, r in zip(ours, direct, torch_pool_relu_reference(x, w, b, padding, dy)):
+        assert a.dtype == dtype and a.shape == r.shape
+        assert rel_err(a, r) <= TOL[dtype]
+        assert rel_err(a, d) <= TOL[dtype]
+
+
+def test_fused_pool_relu_applies_only_to_even_outputs_with_channels():
+    from mpidl.ops.winograd import winograd_conv2d_pool_relu_forward, winograd_pool_applies
+    assert winograd_pool_applies((2, 16, 14, 14), (8, 16, 3, 3), 1)
+    assert not winograd_pool_applies((2, 16, 7, 14), (8, 16, 3, 3), 1)      # odd output height
+    assert not winograd_pool_applies((2, 3, 14, 14), (8, 3, 3, 3), 1)       # few channels
+    assert not winograd_pool_applies((2, 16, 14, 14), (8, 16, 5, 5), 2)
+    with pytest.raises(ValueError, match="even output size"):
+        winograd_conv2d_pool_relu_forward(np.zeros((1, 16, 7, 7)), np.zeros((4, 16, 3, 3)))
