@@ -39,6 +39,7 @@ from common import blas_kernel  # noqa: E402
 CASES = [  # (label, model, sample shape, batch)
     ("mlp 784-64-64-10, batch 64", "mlp", (1, 28, 28), 64),
     ("mlp 784-64-64-10, batch 256", "mlp", (1, 28, 28), 256),
+    ("mlp 784-256-256-10, batch 256", "mlp", (1, 28, 28), 256),
     ("cnn 28x28x1, batch 64", "cnn", (1, 28, 28), 64),
     ("cnn 32x32x3, batch 100", "cnn", (3, 32, 32), 100),
     ("resnet20 28x28x1, batch 64", "resnet20", (1, 28, 28), 64),
@@ -81,7 +82,13 @@ def step_flops(model: Model, shape, batch) -> float:
     return 2.0 * total * batch
 
 
-def torch_model(name, shape, n_out=10, pool_first=False):
+def hidden_of(label) -> tuple:
+    """The mlp's hidden sizes from its label ("mlp 784-256-256-10"): (256, 256)."""
+    sizes = label.split()[1].split("-") if label.startswith("mlp") else ["", "64", "64", ""]
+    return tuple(int(h) for h in sizes[1:-1])
+
+
+def torch_model(name, shape, n_out=10, pool_first=False, hidden=(64, 64)):
     """The same network in PyTorch. pool_first: max-pool before ReLU (the same function; mpidl
     fuses conv, pool and ReLU into one pass); PyTorch is timed both ways and the faster counts."""
     import torch.nn as nn
@@ -90,8 +97,10 @@ def torch_model(name, shape, n_out=10, pool_first=False):
         from torch_models import torch_resnet20
         return torch_resnet20(C, n_out)
     if name == "mlp":
-        return nn.Sequential(nn.Flatten(), nn.Linear(C * H * W, 64), nn.ReLU(), nn.Linear(64, 64), nn.ReLU(),
-                             nn.Linear(64, n_out))
+        sizes, layers = (C * H * W, *hidden), [nn.Flatten()]
+        for a, b in zip(sizes[:-1], sizes[1:]):
+            layers += [nn.Linear(a, b), nn.ReLU()]
+        return nn.Sequential(*layers, nn.Linear(sizes[-1], n_out))
 
     def block(cin, cout):
         conv, act, pool = nn.Conv2d(cin, cout, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2)
@@ -101,14 +110,14 @@ def torch_model(name, shape, n_out=10, pool_first=False):
                          nn.Linear(64 * (H // 4) * (W // 4), 512), nn.ReLU(), nn.Linear(512, n_out))
 
 
-def make_steps(name, shape, batch):
+def make_steps(name, shape, batch, hidden=(64, 64)):
     import torch
     rng = np.random.default_rng(0)
     x = rng.random((batch, *shape), dtype=np.float32)
     y = rng.integers(0, 10, batch)
 
     def mpidl_stepper(algorithm):
-        model = build_model(name, shape, 10, {"hidden": (64, 64)}, dtype=np.float32, seed=0)
+        model = build_model(name, shape, 10, {"hidden": hidden}, dtype=np.float32, seed=0)
         for m in model.net.modules():
             if isinstance(m, Conv2d):
                 m.algorithm = algorithm
@@ -130,7 +139,7 @@ def make_steps(name, shape, batch):
     loss_fn = torch.nn.CrossEntropyLoss()
 
     def torch_stepper(pool_first):
-        net = torch_model(name, shape, pool_first=pool_first)
+        net = torch_model(name, shape, pool_first=pool_first, hidden=hidden)
         topt = torch.optim.SGD(net.parameters(), lr=LR, momentum=MOMENTUM)
 
         def torch_step():
@@ -168,7 +177,7 @@ def main(argv=None):
     print(f"single-thread float32 GEMM (1024^3, NumPy/OpenBLAS): {gemm:.1f} GFLOP/s; BLAS: {blas_kernel()}")
     rows = []
     for label, name, shape, batch in [c for c in CASES if args.only in c[0]]:
-        model, mpidl_steps, torch_steps = make_steps(name, shape, batch)
+        model, mpidl_steps, torch_steps = make_steps(name, shape, batch, hidden_of(label))
         mpidl_step = mpidl_steps["mpidl"]
         steps = {**mpidl_steps, **torch_steps}
         flops = step_flops(model, shape, batch)

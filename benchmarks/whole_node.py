@@ -2,7 +2,7 @@
 the same global batch, side by side in one run.
 
     pip install torch==2.13.0          # CPU build; never a runtime dependency of mpidl
-    python benchmarks/whole_node.py [--rounds 2] [--only cnn]
+    python benchmarks/whole_node.py [--rounds 2] [--only cnn] [--quick]
 
 Models (Fashion-MNIST, global batch 128, each with its recipe's optimiser): mlp 784-256-256-10
 (Adam), cnn (conv 1->32->64, pooling, fc 3136->512->10; SGD with momentum), resnet20 (SGD with
@@ -75,34 +75,46 @@ def mlp_flops_per_step(batch: int) -> float:
     return 2 * 3 * weights * batch   # forward, input gradient and weight gradient GEMMs
 
 
-def mpidl_run(model: str, ranks: int, threads: int, work: str, tag: str) -> float:
-    """Samples/s from the trainer's own mean step time."""
-    args, steps = MODELS[model]
+STEPS_DIVISOR = 1   # --quick: a tenth of the steps (the suite's check that it runs, not a measurement)
+
+
+def steps_of(model: str) -> int:
+    return max(10, MODELS[model][1] // STEPS_DIVISOR)
+
+
+def mpidl_run(model: str, ranks: int, threads: int, work: str, tag: str) -> tuple[float, None]:
+    """(samples/s from the trainer's own mean step time, None)."""
+    args, steps = MODELS[model][0], steps_of(model)
     out = os.path.join(work, f"mpidl-{model}-{ranks}x{threads}-{tag}")
     run_ranks(ranks, ["-m", "mpidl.train", *args, "--batch-size", str(GLOBAL_BATCH), "--max-steps", str(steps),
                       "--threads", str(threads), "--progress", "none", "--out", out], timeout=1800,
               env=threads_env(ranks, threads))
     step_ms = read_json(os.path.join(out, "summary.json"))["timing"]["step_ms"]
-    return GLOBAL_BATCH / (step_ms / 1e3)
+    return GLOBAL_BATCH / (step_ms / 1e3), None
 
 
-def torch_run(model: str, processes: int, threads: int, work: str, tag: str) -> float:
-    args, steps = MODELS[model]
+def torch_run(model: str, processes: int, threads: int, work: str, tag: str) -> tuple[float, bool]:
+    """(samples/s, whether the PyTorch network was checked to compute mpidl's forward)."""
+    args, steps = MODELS[model][0], steps_of(model)
     path = os.path.join(work, f"torch-{model}-{processes}x{threads}-{tag}.json")
     from run_all import free_port
     run_ranks(processes, [os.path.join(HERE, "ddp_peer.py"), *args[:2], "--per-rank-batch",
                           str(GLOBAL_BATCH // processes), "--steps", str(steps), "--warmup", "5",
                           "--threads", str(threads), "--port", str(free_port()), "--out", path, *args[2:]],
               timeout=1800, env=threads_env(processes, threads))
-    return read_json(path)["samples_per_sec"]
+    result = read_json(path)
+    return result["samples_per_sec"], result["twin_verified"]
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--only", default="", help="only the models whose name contains this")
+    ap.add_argument("--quick", action="store_true", help="a tenth of the steps: checks that it runs")
     ap.add_argument("--out", default=os.path.join(HERE, "results"))
     args = ap.parse_args(argv)
+    global STEPS_DIVISOR
+    STEPS_DIVISOR = 10 if args.quick else 1
     import torch
     C = cores()
     gemm, kernel = gemm_rate(C)
@@ -114,17 +126,22 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory(prefix="mpidl-node-") as work:
         for model in [m for m in MODELS if args.only in m]:
             best = {name: 0.0 for name in configs}
+            verified = set()
             for r in range(args.rounds):
                 names = list(configs)
                 for name in names[r % len(names):] + names[:r % len(names)]:
                     runner, p, t = configs[name]
-                    best[name] = max(best[name], runner(model, p, t, work, str(r)))
+                    rate, twin = runner(model, p, t, work, str(r))
+                    best[name] = max(best[name], rate)
+                    if twin is not None:
+                        verified.add(twin)
             ours = max(best[f"mpidl {C}x1"], best[f"mpidl 1x{C}"])
             theirs_name = max((n for n in best if n.startswith("pytorch")), key=best.get)
             row = dict(model=model, label=LABELS[model], global_batch=GLOBAL_BATCH, samples_per_s=best,
                        mpidl_ranks_x_threads=best[f"mpidl {C}x1"] / best[f"mpidl 1x{C}"],
                        pytorch_best=theirs_name, ratio=best[f"mpidl {C}x1"] / best[theirs_name],
-                       best_mpidl_ratio=ours / best[theirs_name])
+                       best_mpidl_ratio=ours / best[theirs_name],
+                       pytorch_twin_verified=verified == {True})   # resnet20: PyTorch's own init, not compared
             if model == "mlp":
                 row["gemm_fraction"] = mlp_flops_per_step(GLOBAL_BATCH) * best[f"mpidl {C}x1"] / GLOBAL_BATCH / (gemm * 1e9)
             rows.append(row)

@@ -72,6 +72,9 @@ class Optimizer:
 
 
 SGD_BLOCK = 1 << 17  # elements (512 KiB of float32 per buffer)
+# Adam's passes touch five buffers: blocks of 128 KiB of float32 each keep them in cache
+# (4M parameters: 9.1 -> 6.3 ms a step; at 270k, which fit in cache anyway, no change).
+ADAM_BLOCK = 1 << 15
 
 
 class SGD(Optimizer):
@@ -154,21 +157,34 @@ class Adam(Optimizer):
     def step(self, data, grad, lr=None, zero_grad=False):
         lr = self._lr(lr)
         self.steps += 1
-        if self.decoupled:
-            g = grad
-            if self.weight_decay:
-                data -= (lr * self.weight_decay) * self.decay_mask * data
-        else:
-            g = self._grad_with_l2(data, grad)
-        m, v, d = self.m, self.v, self._denom
+        bias1 = 1 - self.beta1 ** self.steps
+        bias2 = 1 - self.beta2 ** self.steps
+        # Block by block, as SGD does: the ten or so passes of one block run in cache.
+        for lo in range(0, data.size, ADAM_BLOCK):
+            part = slice(lo, lo + ADAM_BLOCK)
+            self._step_block(part, data[part], grad[part], lr, bias1, bias2)
+            if zero_grad:
+                grad[part] = 0
+
+    def _step_block(self, part, data, grad, lr, bias1, bias2):
+        m, v, d, tmp = self.m[part], self.v[part], self._denom[part], self._tmp[part]
+        g = grad
+        if self.weight_decay:
+            np.multiply(data, self.decay_mask[part], out=tmp)
+            if self.decoupled:   # AdamW: shrink the weights; the moments see the plain gradient
+                tmp *= lr * self.weight_decay
+                data -= tmp
+            else:                # L2: g = grad + wd * mask * data
+                tmp *= self.weight_decay
+                tmp += grad
+                g = tmp
         m *= self.beta1
-        m += (1 - self.beta1) * g
+        np.multiply(g, 1 - self.beta1, out=d)
+        m += d
         v *= self.beta2
         np.multiply(g, g, out=d)
         d *= 1 - self.beta2
         v += d
-        bias1 = 1 - self.beta1 ** self.steps
-        bias2 = 1 - self.beta2 ** self.steps
         # p -= lr/bias1 * m / (sqrt(v/bias2) + eps)
         np.sqrt(v, out=d)
         d *= 1 / math.sqrt(bias2)
@@ -176,8 +192,6 @@ class Adam(Optimizer):
         np.divide(m, d, out=d)
         d *= lr / bias1
         data -= d
-        if zero_grad:
-            grad[...] = 0
 
     def state_dict(self):
         s = super().state_dict()

@@ -44,7 +44,7 @@ def build_resnet(shape, n_out, options, blocks_per_stage: int = 3) -> Sequential
 
 
 register("resnet20", ModelSpec(build_resnet, "cross_entropy", "classification",
-                               dict(dataset="fashion-mnist", epochs=15, batch_size=128, optimizer="sgd", lr=0.1,
+                               dict(dataset="fashion-mnist", epochs=5, batch_size=128, optimizer="sgd", lr=0.1,
                                     momentum=0.9, weight_decay=1e-4, schedule="cosine", warmup_steps=100),
                                "ResNet-20 (He et al. 2016, CIFAR form: 16/32/64 channels, batch norm, "
                                "projection shortcuts)"))

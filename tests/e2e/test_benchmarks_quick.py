@@ -83,3 +83,22 @@ def test_model_parallel_bytes_per_step_equal_the_formula(model, T, S, tmp_path):
     assert sum(r["tensor_bytes_per_step"] for r in result["ranks"]) > 0 or T == 1
     # each rank holds a part: the parameters of the ranks add up to at least the whole model
     assert sum(r["param_bytes"] for r in result["ranks"]) >= result["whole_params"] * 4
+
+
+@pytest.mark.slow
+def test_whole_node_benchmark_runs_all_four_ways(tmp_path):
+    """mpidl 2x1 and 1x2, PyTorch one process x 2 threads and DDP 2x1, on the mlp: every way
+    trains and the PyTorch network is checked to be mpidl's (same forward on the same weights)."""
+    out = tmp_path / "results"
+    proc = subprocess.run([sys.executable, os.path.join(REPO, "benchmarks", "whole_node.py"), "--quick", "--rounds",
+                           "1", "--only", "mlp", "--out", str(out)], capture_output=True, text=True, timeout=600,
+                          env=child_env(), cwd=str(tmp_path))
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+    res = json.loads((out / "whole_node.json").read_text())
+    (row,) = res["results"]
+    C = res["meta"]["cores"]
+    assert set(row["samples_per_s"]) == {f"mpidl {C}x1", f"mpidl 1x{C}", f"pytorch 1x{C}", f"pytorch ddp {C}x1"}
+    assert all(v > 0 for v in row["samples_per_s"].values())
+    assert row["pytorch_twin_verified"] is True
+    assert 0 < row["gemm_fraction"] < 1.5 and res["meta"]["gemm_gflops"] > 0
+    assert "| mlp 784-256-256-10 |" in (out / "whole_node.md").read_text()
