@@ -12,15 +12,21 @@ Two kinds:
   (a chunk's GEMM operands, a padded copy for the transforms). These come from one pool per
   thread, shared by every layer, keyed by name, shape and dtype: the layers of a network take
   turns with the same arrays, so they cost one copy per distinct shape instead of one per
-  layer (resnet20 at batch 64: 104 MB of working arrays kept per layer before).
+  layer (resnet20 at batch 64: 104 MB of working arrays kept per layer before). Each name
+  keeps its SHAPES_PER_NAME most recently used shapes, so batches of ever new sizes cannot
+  make the pool grow without bound.
 """
 
 from __future__ import annotations
 
 import threading
+from collections import OrderedDict
 
 import numpy as np
 
+# A network's layers ask for a temporary in a few shapes (one per stage, for the training batch
+# and the last, shorter batch of an epoch or an evaluation): resnet20 needs at most 6.
+SHAPES_PER_NAME = 8
 _POOLS = threading.local()
 
 
@@ -29,6 +35,21 @@ def _shared_pool() -> dict:
     if pool is None:
         pool = _POOLS.arrays = {}
     return pool
+
+
+def _pooled(name, shape, dtype, make) -> np.ndarray:
+    """The thread's temporary of this name, shape and dtype; the least recently used shape of
+    the name is dropped past SHAPES_PER_NAME."""
+    shapes = _shared_pool().setdefault(name, OrderedDict())
+    key = (tuple(shape), np.dtype(dtype))
+    a = shapes.get(key)
+    if a is None:
+        a = shapes[key] = make(shape, dtype=dtype)
+        if len(shapes) > SHAPES_PER_NAME:
+            shapes.popitem(last=False)
+    else:
+        shapes.move_to_end(key)
+    return a
 
 
 def _get(store: dict, key, shape, dtype, make):
@@ -62,14 +83,14 @@ class Scratch:
         """A temporary, dead when the call returns: from the thread's pool shared by all layers."""
         if not self.keep:
             return np.empty(shape, dtype=dtype)
-        return _get(_shared_pool(), (name, tuple(shape), np.dtype(dtype)), shape, dtype, np.empty)
+        return _pooled(name, shape, dtype, np.empty)
 
     def temp_zeros_once(self, name, shape, dtype) -> np.ndarray:
         """zeros_once for a temporary. Every layer sharing it must rewrite the same part for a
         given name and shape: put the geometry that decides the part in the name."""
         if not self.keep:
             return np.zeros(shape, dtype=dtype)
-        return _get(_shared_pool(), (name, tuple(shape), np.dtype(dtype)), shape, dtype, np.zeros)
+        return _pooled(name, shape, dtype, np.zeros)
 
 
 # Kernels called without a Scratch allocate every array afresh.

@@ -63,3 +63,16 @@ def test_layers_taking_turns_with_shared_temporaries_equal_fresh_arrays(algorith
         results.append(outs)
     for ours, ref in zip(*results):
         np.testing.assert_array_equal(ours, ref)
+
+
+def test_the_pool_keeps_a_bounded_number_of_shapes_per_name():
+    from mpidl.ops import scratch as module
+    s = Scratch()
+    first = s.temp("bounded", (1,), np.float32)
+    for n in range(2, 2 + 3 * module.SHAPES_PER_NAME):       # batches of ever new sizes
+        s.temp("bounded", (n,), np.float32)
+        assert len(module._shared_pool()["bounded"]) <= module.SHAPES_PER_NAME
+    assert s.temp("bounded", (1,), np.float32) is not first       # the oldest was dropped
+    recent = s.temp("bounded", (5 + 3 * module.SHAPES_PER_NAME,), np.float32)
+    s.temp("bounded", (1000,), np.float32)
+    assert s.temp("bounded", (5 + 3 * module.SHAPES_PER_NAME,), np.float32) is recent   # used lately: kept
