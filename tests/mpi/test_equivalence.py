@@ -41,3 +41,22 @@ def test_n_ranks_equal_one_process(args):
     from mpidl.models import build_model
     m = build_model(cfg.model, (1, 8, 8), 10, {"hidden": cfg.hidden_sizes()}, dtype=np.float64, seed=cfg.seed)
     assert np.abs(m.store.data - reference).max() > 1e-3
+
+
+@pytest.mark.mpi
+@pytest.mark.parametrize("keeps", ["transform", "input"])
+def test_n_ranks_equal_one_process_with_winograd_in_the_fused_cnn_layer(keeps):
+    """The cnn's second layer (32->64, 4x4 input on the 8x8 digits) runs Winograd fused with
+    pooling; keeping its input instead of the transform gives the same weights too."""
+    args = ["--model", "cnn", "--dataset", "digits", "--max-steps", "6", "--batch-size", "16", "--optimizer", "sgd",
+            "--lr", "0.05", "--momentum", "0.9", "--winograd-keeps", keeps, "--dtype", "float64", "--seed", "3"]
+    trainers = []
+    for comm in (world(), SerialComm()):
+        t = Trainer.from_config(parse_config(args), comm)
+        t.train()
+        trainers.append(t)
+    conv2 = trainers[0].model.net.layers[1]
+    assert type(conv2).__name__ == "Conv2dPoolReLU" and conv2._cache_is_winograd
+    distributed, reference = (t.store.data for t in trainers)
+    err = np.abs(distributed - reference).max() / np.abs(reference).max()
+    assert err <= REL_TOL, f"{world().size} ranks differ from 1 process by {err:.2e} (relative)"
