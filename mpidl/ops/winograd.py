@@ -323,7 +323,8 @@ def winograd_conv2d_backward(dy, cache, need_dx=True, need_db=True, scratch=FRES
         hit = scratch.temp("hit", (spans[0][1] - spans[0][0], Th, Tw, F), bool)
     elif not g[0].flags.c_contiguous or g.strides[0] != g[0].nbytes or (Ho, Wo) != (2 * Th, 2 * Tw) \
             or g.dtype != dtype:
-        buf = scratch.temp_zeros_once(f"wino_dy_{Ho}x{Wo}", (N, 2 * Th, 2 * Tw, F), dtype)   # odd sizes: last row/column 0
+        # Odd output sizes: the tile grid's last row or column stays 0.
+        buf = scratch.temp_zeros_once(f"wino_dy_{Ho}x{Wo}", (N, 2 * Th, 2 * Tw, F), dtype)
         buf[:, :Ho, :Wo] = g
         g = buf
     chunk = spans[0][1] - spans[0][0]
