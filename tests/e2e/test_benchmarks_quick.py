@@ -86,8 +86,8 @@ def test_model_parallel_bytes_per_step_equal_the_formula(model, T, S, tmp_path):
 
 
 @pytest.mark.slow
-def test_whole_node_benchmark_runs_all_four_ways(tmp_path):
-    """mpidl 2x1 and 1x2, PyTorch one process x 2 threads and DDP 2x1, on the mlp: every way
+def test_whole_node_benchmark_runs_all_five_ways(tmp_path):
+    """mpidl 2x1, 1x2 and 2x1 with ZeRO, PyTorch one process x 2 threads and DDP 2x1, on the mlp: every way
     trains and the PyTorch network is checked to be mpidl's (same forward on the same weights)."""
     out = tmp_path / "results"
     proc = subprocess.run([sys.executable, os.path.join(REPO, "benchmarks", "whole_node.py"), "--quick", "--rounds",
@@ -97,7 +97,10 @@ def test_whole_node_benchmark_runs_all_four_ways(tmp_path):
     res = json.loads((out / "whole_node.json").read_text())
     (row,) = res["results"]
     C = res["meta"]["cores"]
-    assert set(row["samples_per_s"]) == {f"mpidl {C}x1", f"mpidl 1x{C}", f"pytorch 1x{C}", f"pytorch ddp {C}x1"}
+    assert set(row["samples_per_s"]) == {f"mpidl {C}x1", f"mpidl 1x{C}", f"mpidl {C}x1 zero-1", f"pytorch 1x{C}",
+                                         f"pytorch ddp {C}x1"}
+    rates = row["samples_per_s"]
+    assert row["ratio"] == pytest.approx(rates[row["mpidl_best"]] / rates[row["pytorch_best"]])
     assert all(v > 0 for v in row["samples_per_s"].values())
     assert row["pytorch_twin_verified"] is True
     assert 0 < row["gemm_fraction"] < 1.5 and res["meta"]["gemm_gflops"] > 0
