@@ -34,6 +34,7 @@ class Conv2d(Module):
         self.stride, self.padding, self.dilation = pair(stride), pair(padding), pair(dilation)
         self.need_input_grad = True  # the Model turns this off for the first layer
         self._cache = None
+        self._cache_is_winograd = False    # which kernel the last forward ran, for its backward
         self._scratch = Scratch()    # working arrays reused from step to step
         self.algorithm = algorithm
         self.winograd_keeps = winograd_keeps
