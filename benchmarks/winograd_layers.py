@@ -1,7 +1,7 @@
 """Winograd F(2x2, 3x3) (mpidl.ops.winograd) against the im2col+GEMM convolution (mpidl.ops.conv)
-on the 3x3 layers of mpidl's cnn, one BLAS thread.
+on the 3x3 layers of mpidl's cnn and resnet20, one BLAS thread.
 
-    python benchmarks/winograd_layers.py [--repeats 9] [--batches 64,100]
+    python benchmarks/winograd_layers.py [--repeats 9] [--batches 64,100] [--only resnet20]
 
 Per layer and pass: median milliseconds of each kernel (after warm-up; direct and Winograd
 alternate within every repeat, so a change in machine load hits both), the speed-up, and
@@ -27,9 +27,12 @@ from mpidl.ops.conv import conv2d_backward, conv2d_forward  # noqa: E402
 from mpidl.ops.scratch import Scratch  # noqa: E402
 from mpidl.ops.winograd import winograd_conv2d_backward, winograd_conv2d_forward  # noqa: E402
 
-# (name, C_in, C_out, H=W): cnn conv1 (1-channel 28x28 and 3-channel 32x32 inputs), conv2 after a 2x2 pool.
+# (name, C_in, C_out, H=W): cnn conv1 (1-channel 28x28 and 3-channel 32x32 inputs), conv2 after a 2x2 pool,
+# and resnet20's stride-1 layers of its three stages on 28x28 input.
 LAYERS = [("conv1 1->32 28x28", 1, 32, 28), ("conv1 3->32 32x32", 3, 32, 32),
-          ("conv2 32->64 14x14", 32, 64, 14), ("conv2 32->64 16x16", 32, 64, 16)]
+          ("conv2 32->64 14x14", 32, 64, 14), ("conv2 32->64 16x16", 32, 64, 16),
+          ("resnet20 16->16 28x28", 16, 16, 28), ("resnet20 32->32 14x14", 32, 32, 14),
+          ("resnet20 64->64 7x7", 64, 64, 7)]
 
 
 def channels_last(a):
@@ -106,6 +109,7 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeats", type=int, default=9)
     ap.add_argument("--batches", default="64,100")
+    ap.add_argument("--only", default="", help="only the layers whose name contains this")
     args = ap.parse_args(argv)
     if args.repeats < 7:
         ap.error("--repeats: at least 7")
@@ -122,7 +126,7 @@ def main(argv=None):
         print("-" * len(head))
         verdicts = []
         for N in [int(v) for v in args.batches.split(",")]:
-            for name, C, F, H in LAYERS:
+            for name, C, F, H in [layer for layer in LAYERS if args.only in layer[0]]:
                 r = bench_layer(N, C, F, H, args.repeats)
                 flops = 2 * N * F * H * H * C * 9
                 passes = [("forward", "df", "wf", flops), ("backward", "db", "wb", 2 * flops),
