@@ -49,12 +49,13 @@ class Optimizer:
             raise ValueError(f"{type(self).__name__}.step: no learning rate (give lr= here or to the constructor)")
         return lr
 
-    def _grad_with_l2(self, data, grad):
-        """grad + wd * mask * data, in a scratch buffer (the grad buffer is left alone)."""
+    def _grad_with_l2(self, part, data, grad):
+        """grad + wd * mask * data for the block `part` of the buffers (data, grad: that block),
+        in a scratch buffer (the grad buffer is left alone)."""
         if self.weight_decay == 0:
             return grad
-        g = self._tmp
-        np.multiply(data, self.decay_mask, out=g)
+        g = self._tmp[part]
+        np.multiply(data, self.decay_mask[part], out=g)
         g *= self.weight_decay
         g += grad
         return g
@@ -105,12 +106,7 @@ class SGD(Optimizer):
         self.steps += 1
 
     def _step_block(self, part, data, grad, lr):
-        g = grad
-        if self.weight_decay != 0:  # g = grad + wd * mask * data, in scratch
-            g = self._tmp[part]
-            np.multiply(data, self.decay_mask[part], out=g)
-            g *= self.weight_decay
-            g += grad
+        g = self._grad_with_l2(part, data, grad)
         step = self._step_buf[part]
         if self.velocity is None:
             np.multiply(g, lr, out=step)
@@ -167,17 +163,16 @@ class Adam(Optimizer):
                 grad[part] = 0
 
     def _step_block(self, part, data, grad, lr, bias1, bias2):
-        m, v, d, tmp = self.m[part], self.v[part], self._denom[part], self._tmp[part]
-        g = grad
-        if self.weight_decay:
-            np.multiply(data, self.decay_mask[part], out=tmp)
-            if self.decoupled:   # AdamW: shrink the weights; the moments see the plain gradient
+        m, v, d = self.m[part], self.v[part], self._denom[part]
+        if not self.decoupled:
+            g = self._grad_with_l2(part, data, grad)
+        else:                    # AdamW: shrink the weights; the moments see the plain gradient
+            g = grad
+            if self.weight_decay:
+                tmp = self._tmp[part]
+                np.multiply(data, self.decay_mask[part], out=tmp)
                 tmp *= lr * self.weight_decay
                 data -= tmp
-            else:                # L2: g = grad + wd * mask * data
-                tmp *= self.weight_decay
-                tmp += grad
-                g = tmp
         m *= self.beta1
         np.multiply(g, 1 - self.beta1, out=d)
         m += d
