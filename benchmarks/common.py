@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 
@@ -70,6 +71,13 @@ def run_ranks(ranks: int, args: list[str], timeout: float = 600, env: dict | Non
     if proc.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{(proc.stdout + proc.stderr)[-3000:]}")
     return proc.stdout
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 now (gloo's rendezvous for the PyTorch peer)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def read_json(path: str):

@@ -27,7 +27,6 @@ import argparse
 import csv
 import importlib.util
 import os
-import socket
 import sys
 import tempfile
 import time
@@ -39,19 +38,13 @@ sys.path.insert(0, os.path.dirname(HERE))
 
 import cost_model  # noqa: E402
 import common  # noqa: E402
-from common import cores, read_json, run_ranks, write_json  # noqa: E402
+from common import cores, free_port, read_json, run_ranks, write_json  # noqa: E402
 
 PHASE_ORDER = ("data", "forward", "backward", "allreduce", "optimizer")
 
 
 def log(msg: str) -> None:
     print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", flush=True)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 # -- the runs -----------------------------------------------------------------------

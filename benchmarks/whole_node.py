@@ -34,7 +34,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from common import HERE, child_env, cores, read_json, run_ranks, write_json  # noqa: E402
+from common import HERE, child_env, cores, free_port, read_json, run_ranks, write_json  # noqa: E402
 
 GLOBAL_BATCH = 128
 MODELS = {  # name: (mpidl arguments, steps timed)
@@ -98,7 +98,6 @@ def torch_run(model: str, processes: int, threads: int, work: str, tag: str, ext
     """(samples/s, whether the PyTorch network was checked to compute mpidl's forward)."""
     args, steps = MODELS[model][0], steps_of(model)
     path = os.path.join(work, f"torch-{model}-{processes}x{threads}-{tag}.json")
-    from run_all import free_port
     run_ranks(processes, [os.path.join(HERE, "ddp_peer.py"), *args[:2], "--per-rank-batch",
                           str(GLOBAL_BATCH // processes), "--steps", str(steps), "--warmup", "5",
                           "--threads", str(threads), "--port", str(free_port()), "--out", path, *args[2:]],
