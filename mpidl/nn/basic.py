@@ -59,8 +59,12 @@ class Embedding(Module):
 class _Elementwise(Module):
     _fwd = None
     _bwd = None
+    _eval = None  # the output alone, where that is cheaper than _fwd (nothing kept for backward)
 
     def forward(self, x, train=True):
+        if not train and type(self)._eval is not None:
+            self._cache = None
+            return type(self)._eval(x)
         y, self._cache = type(self)._fwd(x)
         return y
 
@@ -71,6 +75,7 @@ class _Elementwise(Module):
 class ReLU(_Elementwise):
     _fwd = staticmethod(act.relu_forward)
     _bwd = staticmethod(act.relu_backward)
+    _eval = staticmethod(act.relu)
 
 
 class Sigmoid(_Elementwise):

@@ -69,6 +69,19 @@ def test_activations(rng, cls):
     layer_check(cls(), x, rng)
 
 
+def test_relu_keeps_a_boolean_mask_and_nothing_in_evaluation(rng):
+    """ReLU keeps a quarter of its output's bytes for backward (a bool mask, not y), and in
+    evaluation mode keeps nothing; both modes give the same output."""
+    x = rng.normal(size=(8, 16)).astype(np.float32)
+    layer = ReLU()
+    y = layer.forward(x)
+    assert layer._cache.dtype == bool and layer._cache.nbytes == y.nbytes // 4
+    dy = rng.normal(size=y.shape).astype(np.float32)
+    np.testing.assert_array_equal(layer.backward(dy), np.where(x > 0, dy, 0))
+    np.testing.assert_array_equal(layer.forward(x, train=False), y)
+    assert layer._cache is None
+
+
 def test_sigmoid_is_stable_for_large_inputs():
     y = Sigmoid().forward(np.array([-1000.0, 0.0, 1000.0]))
     np.testing.assert_array_equal(y, [0.0, 0.5, 1.0])
