@@ -5,7 +5,8 @@ Models: cnn (conv 1->32->64, pooling, fc 3136->512->10) and resnet20, Fashion-MN
 training batch 64, SGD with momentum, 30 steps, then the 10,000 test images evaluated; one
 thread. Each side's process loads Fashion-MNIST through mpidl.data (the same arrays, the same
 cost), so the difference is the framework, the model and their working arrays. mpidl runs with
-its defaults (--eval-batch-size included); PyTorch evaluates under no_grad in batches of 1000,
+its defaults (--eval-batch-size and --winograd-keeps auto included), and again with
+--winograd-keeps transform and input; PyTorch evaluates under no_grad in batches of 1000,
 as a DataLoader loop would.
 
     python benchmarks/memory_vs_pytorch.py        # about a minute
@@ -81,14 +82,16 @@ def main():
     rows = []
     for model in ("cnn", "resnet20"):
         ours, our_acc = peak(MPIDL_CHILD, model)
+        fat, _ = peak(MPIDL_CHILD, model, "--winograd-keeps", "transform")
         lean, _ = peak(MPIDL_CHILD, model, "--winograd-keeps", "input")
         theirs, their_acc = peak(TORCH_CHILD, model)
         rows.append({"model": model, "mpidl_peak_mb": ours, "torch_peak_mb": theirs, "ratio": ours / theirs,
+                     "mpidl_keeps_transform_peak_mb": fat, "keeps_transform_ratio": fat / theirs,
                      "mpidl_keeps_input_peak_mb": lean, "keeps_input_ratio": lean / theirs,
                      "mpidl_accuracy": our_acc, "torch_accuracy": their_acc})
         print(f"{model:9s} peak RSS mpidl {ours:7.0f} MB, PyTorch {theirs:7.0f} MB: {ours / theirs:.2f}x; "
-              f"--winograd-keeps input {lean:7.0f} MB: {lean / theirs:.2f}x "
-              f"(test accuracy after {STEPS} steps {our_acc:.3f} / {their_acc:.3f})", flush=True)
+              f"--winograd-keeps transform {fat:7.0f} MB: {fat / theirs:.2f}x, input {lean:7.0f} MB: "
+              f"{lean / theirs:.2f}x (test accuracy after {STEPS} steps {our_acc:.3f} / {their_acc:.3f})", flush=True)
     os.makedirs(os.path.join(HERE, "results"), exist_ok=True)
     with open(os.path.join(HERE, "results", "memory_vs_pytorch.json"), "w") as f:
         json.dump(rows, f, indent=1)

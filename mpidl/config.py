@@ -77,10 +77,11 @@ class RunConfig:
     conv_algorithm: str = _opt("auto", "3x3 stride-1 convolutions: auto (Winograd F(2x2,3x3) from 16 input channels "
                                        "up, where it measured faster), direct (im2col + GEMM always) or winograd",
                                choices=("auto", "direct", "winograd"))
-    winograd_keeps: str = _opt("transform", "what a Winograd layer keeps for its weight gradient: transform (its "
-                                            "transformed input, 4x the input's size: fastest) or input (transforms "
-                                            "it again in backward: no memory beyond the input)",
-                               choices=("transform", "input"))
+    winograd_keeps: str = _opt("auto", "what a Winograd layer keeps for its weight gradient: transform (its "
+                                       "transformed input, 4x the input's size: fastest), input (transforms it "
+                                       "again in backward: no memory beyond the input) or auto (input from 32 "
+                                       "output channels up, where that costs no measurable time)",
+                               choices=("auto", "transform", "input"))
     # machine
     threads: int | None = _opt(UNSET, "BLAS threads per rank (default: cores / ranks on this node)")
     # failures (see "Failure behaviour" in the README)

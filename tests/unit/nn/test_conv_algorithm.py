@@ -80,5 +80,24 @@ def test_winograd_keeps_flag_sets_every_convolution_and_bad_values_are_refused()
     trainer = Trainer.from_config(cfg, SerialComm())
     convs = [m for m in trainer.model.net.modules() if isinstance(m, nn.Conv2d)]
     assert {c.winograd_keeps for c in convs} == {"input"}
-    with pytest.raises(ValueError, match="choose from transform, input"):
+    with pytest.raises(ValueError, match="choose from auto, transform, input"):
         nn.Conv2d(16, 8, 3, winograd_keeps="both")
+
+
+def test_winograd_keeps_auto_transforms_again_from_32_output_channels():
+    """By default a Winograd layer keeps its transform below 32 output channels and only its
+    input from there up; the cache it leaves says which it kept."""
+    rng = np.random.default_rng(0)
+    kept = {}
+    for out_channels in (16, 31, 32, 64):
+        conv = nn.Conv2d(16, out_channels, 3, padding=1, bias=False)
+        conv.W.data = rng.normal(size=conv.W.shape).astype(np.float32)
+        x = rng.normal(size=(2, 16, 6, 6)).astype(np.float32)
+        conv.forward(x)
+        assert conv._cache_is_winograd
+        keeps_transform = conv._cache[1]                  # True: V kept; False: x kept
+        assert keeps_transform == conv.keeps_transform
+        kept[out_channels] = keeps_transform
+    assert kept == {16: True, 31: True, 32: False, 64: False}
+    conv.winograd_keeps = "transform"
+    assert conv.keeps_transform
