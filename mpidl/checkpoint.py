@@ -349,10 +349,15 @@ def check_compatible(trainer, path: str, arrays: dict) -> dict:
     if meta["layout"] != whole_layout(trainer) or meta["dtype"] != str(trainer.store.data.dtype):
         raise CheckpointError(f"checkpoint {path}: parameter layout or dtype differs from this model")
     shapes = _checkpoint_shapes(trainer)
-    saved = {k[4:]: v for k, v in arrays.items() if k.startswith("opt/")}
+    saved = _saved_optimizer_state(trainer, arrays)
     if set(saved) != set(shapes) or any(np.shape(saved[k]) != tuple(shapes[k]) for k in shapes):
         raise CheckpointError(f"checkpoint {path}: optimiser state does not fit --optimizer {trainer.cfg.optimizer}")
     return meta
+
+
+def _saved_optimizer_state(trainer, arrays: dict) -> dict:
+    """The file's optimiser state by this version's names (an older mpidl's converted)."""
+    return trainer.optimizer.upgrade_state({k[4:]: v for k, v in arrays.items() if k.startswith("opt/")})
 
 
 def _checkpoint_shapes(trainer) -> dict:
@@ -378,15 +383,16 @@ def restore_checkpoint(trainer, arrays: dict | None) -> dict:
         comm.bcast_(trainer.store.data)
 
     state, shapes = trainer.optimizer.state_dict(), trainer.dopt.checkpoint_shapes()
+    saved = _saved_optimizer_state(trainer, arrays) if comm.rank == 0 else None
     restored = {}
     for key in sorted(state):
         if _sharded(trainer) and _flat_like_params(trainer, state[key]):
             buf = np.zeros(trainer.store.size, dtype=state[key].dtype)
-            restored[key] = trainer.model.scatter_whole(arrays["opt/" + key] if comm.rank == 0 else None, buf)
+            restored[key] = trainer.model.scatter_whole(saved[key] if comm.rank == 0 else None, buf)
             continue
         buf = np.zeros(int(np.prod(shapes[key], dtype=np.int64)), dtype=np.asarray(state[key]).dtype)
         if comm.rank == 0:
-            buf[...] = arrays["opt/" + key].reshape(-1)
+            buf[...] = np.asarray(saved[key]).reshape(-1)
         comm.bcast_(buf)
         restored[key] = buf.reshape(shapes[key])
     trainer.dopt.load_checkpoint_state(restored)  # ZeRO: each rank keeps its shard

@@ -138,3 +138,51 @@ def test_zero_grad_after_the_update_changes_nothing_else(make):
     np.testing.assert_array_equal(zeroing_data, plain_data)
     for key, value in plain.state_dict().items():
         np.testing.assert_array_equal(zeroing.state_dict()[key], value)
+
+
+@pytest.mark.parametrize("wd,decoupled", [(0.0, False), (1e-2, False), (1e-2, True)])
+def test_blocked_adam_equals_the_textbook_formula_on_the_whole_buffer(wd, decoupled):
+    """Adam keeps its moments as decaying sums and updates block by block; the weights and the
+    moments m, v it implies follow Kingma & Ba's formula on the whole buffer (L2 or AdamW)."""
+    from mpidl.optim import ADAM_BLOCK
+    rng = np.random.default_rng(2)
+    n = 2 * ADAM_BLOCK + 55
+    data = rng.normal(size=n)
+    mask = (rng.random(n) < 0.8).astype(np.float64)
+    ref, m, v = data.copy(), np.zeros(n), np.zeros(n)
+    b1, b2, eps = 0.8, 0.99, 1e-6
+    opt = Adam(data, mask, wd, betas=(b1, b2), eps=eps, decoupled=decoupled)
+    for t in range(1, 5):
+        grad = rng.normal(size=n) * 10.0 ** -t
+        lr = 0.01 * t
+        opt.step(data, grad, lr)
+        g = grad if decoupled else grad + wd * mask * ref
+        if decoupled:
+            ref -= lr * wd * mask * ref
+        m = b1 * m + (1 - b1) * g
+        v = b2 * v + (1 - b2) * g * g
+        ref -= lr * (m / (1 - b1 ** t)) / (np.sqrt(v / (1 - b2 ** t)) + eps)
+    np.testing.assert_allclose(data, ref, rtol=1e-13, atol=1e-15)
+    np.testing.assert_allclose(opt.m_sum * (1 - b1), m, rtol=1e-13, atol=1e-13 * np.abs(m).max())
+    np.testing.assert_allclose(opt.v_sum * (1 - b2), v, rtol=1e-13)
+
+
+def test_adam_takes_the_moments_of_an_older_checkpoint_and_refuses_betas_of_one():
+    rng = np.random.default_rng(3)
+    grads = [rng.normal(size=6) for _ in range(4)]
+    a = np.ones(6)
+    opt_a = Adam(a)
+    for g in grads:
+        opt_a.step(a, g, 0.1)
+    b = np.ones(6)
+    opt_b = Adam(b)
+    for g in grads[:2]:
+        opt_b.step(b, g, 0.1)
+    old_format = {"steps": np.array(2), "m": opt_b.m_sum * 0.1, "v": opt_b.v_sum * 0.001}
+    opt_c = Adam(b)
+    opt_c.load_state_dict(old_format)
+    for g in grads[2:]:
+        opt_c.step(b, g, 0.1)
+    np.testing.assert_allclose(b, a, rtol=1e-14)
+    with pytest.raises(ValueError, match=r"betas \(0.9, 1.0\)"):
+        Adam(np.ones(2), betas=(0.9, 1.0))
