@@ -352,6 +352,10 @@ class Supervisor:
             # that checkpoint started.
             started = fault["last_checkpoint_started"]
             allowed = self.args.every + (max(0, fault["trained_to"] - started) if resumed < started else 0)
+            if fault.get("damaged_checkpoint") is not None:
+                # The newest good checkpoint was damaged, and another may have been in flight
+                # when the rank was killed: the one before the damaged one is where it resumes.
+                allowed = max(allowed, self.args.every + fault["trained_to"] - fault["damaged_checkpoint"])
             if lost > min(allowed, 2 * self.args.every):
                 self.failures.append(f"{fault['kind']}: {lost} steps lost (resumed from step {resumed}, "
                                      f"trained to {fault['trained_to']}), more than allowed ({allowed})")
