@@ -82,6 +82,23 @@ def test_relu_keeps_a_boolean_mask_and_nothing_in_evaluation(rng):
     assert layer._cache is None
 
 
+def test_linear_gives_dx_in_the_layout_of_its_input(rng):
+    """A Linear after a ReLU after a Linear with fewer rows than outputs sees a transposed
+    (Fortran-order) input; its dx takes that layout so ReLU's backward multiplies arrays of
+    one order. Same values either way."""
+    layer = Linear(6, 4)
+    store = ParamStore(layer)
+    store.allocate(np.float64, rng)
+    x = rng.normal(size=(5, 6))
+    dy = rng.normal(size=(5, 4))
+    expected = dy @ layer.W.data
+    for given in (x, np.asfortranarray(x)):
+        layer.forward(given)
+        dx = layer.backward(dy)
+        np.testing.assert_allclose(dx, expected, rtol=1e-13)
+        assert dx.flags.f_contiguous == (given.flags.f_contiguous and not given.flags.c_contiguous)
+
+
 def test_sigmoid_is_stable_for_large_inputs():
     y = Sigmoid().forward(np.array([-1000.0, 0.0, 1000.0]))
     np.testing.assert_array_equal(y, [0.0, 0.5, 1.0])
