@@ -68,8 +68,16 @@ class ShardedSampler:
         order = self.order(epoch)
         for s in range(start, self.steps_per_epoch):
             batch = order[s * self.batch:(s + 1) * self.batch]
-            mine = np.array_split(batch, self.size)[self.rank]
+            mine = batch[_share(len(batch), self.rank, self.size)]
             yield Step(epoch, s, mine, len(batch), len(mine) * self.size / len(batch))
+
+
+def _share(n: int, rank: int, size: int) -> slice:
+    """This rank's contiguous part of n items, as np.array_split cuts them (the first n % size
+    parts one longer), without its per-call cost (~25 us, a step of a small model is ~1 ms)."""
+    q, extra = divmod(n, size)
+    start = rank * q + min(rank, extra)
+    return slice(start, start + q + (rank < extra))
 
 
 def default_block(n_samples: int, sample_bytes: int) -> int:

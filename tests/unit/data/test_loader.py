@@ -78,3 +78,16 @@ def test_default_block_is_about_a_mebibyte_but_leaves_blocks_to_permute():
     assert default_block(640_000, 3136) == 334      # float32 28x28: 1 MiB of samples
     assert default_block(1437, 64) == 22            # small data: at least 64 blocks
     assert default_block(10, 10**7) == 1
+
+
+@pytest.mark.parametrize("size", [1, 2, 3, 4, 7])
+def test_each_rank_takes_the_part_np_array_split_would_give_it(size):
+    """The shares are np.array_split's (the first batch % size ranks one longer), which every
+    checkpoint and equivalence test before the arithmetic replaced it assumed."""
+    for n, batch in ((100, 10), (101, 13), (9, 9), (5, 7)):
+        for rank in range(size):
+            sampler = ShardedSampler(n, batch, rank, size, seed=5)
+            order = sampler.order(0)
+            for step in sampler.epoch(0):
+                whole = order[step.index * batch:(step.index + 1) * batch]
+                assert np.array_equal(step.indices, np.array_split(whole, size)[rank])
