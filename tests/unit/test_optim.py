@@ -65,17 +65,23 @@ def test_adam_l2_versus_adamw_decoupled():
     np.testing.assert_allclose(p_w, [2.0 - 0.01 * 0.1 * 2.0])   # decay only, no gradient
 
 
-def test_state_dict_round_trip_continues_identically():
-    rng = np.random.default_rng(0)
-    grads = [rng.normal(size=4) for _ in range(4)]
-    a = np.ones(4)
+def _adam_four_and_two_steps(size, seed):
+    """(gradients, weights after all four Adam steps, weights and optimiser after two)."""
+    rng = np.random.default_rng(seed)
+    grads = [rng.normal(size=size) for _ in range(4)]
+    a = np.ones(size)
     opt_a = Adam(a)
     for g in grads:
         opt_a.step(a, g, 0.1)
-    b = np.ones(4)
+    b = np.ones(size)
     opt_b = Adam(b)
     for g in grads[:2]:
         opt_b.step(b, g, 0.1)
+    return grads, a, b, opt_b
+
+
+def test_state_dict_round_trip_continues_identically():
+    grads, a, b, opt_b = _adam_four_and_two_steps(4, 0)
     state = {k: np.array(v, copy=True) for k, v in opt_b.state_dict().items()}
     c = b.copy()
     opt_c = Adam(c)
@@ -168,16 +174,7 @@ def test_blocked_adam_equals_the_textbook_formula_on_the_whole_buffer(wd, decoup
 
 
 def test_adam_takes_the_moments_of_an_older_checkpoint_and_refuses_betas_of_one():
-    rng = np.random.default_rng(3)
-    grads = [rng.normal(size=6) for _ in range(4)]
-    a = np.ones(6)
-    opt_a = Adam(a)
-    for g in grads:
-        opt_a.step(a, g, 0.1)
-    b = np.ones(6)
-    opt_b = Adam(b)
-    for g in grads[:2]:
-        opt_b.step(b, g, 0.1)
+    grads, a, b, opt_b = _adam_four_and_two_steps(6, 3)
     old_format = {"steps": np.array(2), "m": opt_b.m_sum * 0.1, "v": opt_b.v_sum * 0.001}
     opt_c = Adam(b)
     opt_c.load_state_dict(old_format)
