@@ -201,6 +201,16 @@ class Adam(Optimizer):
         d *= scale
         data -= d
 
+    @property
+    def m(self) -> np.ndarray:
+        """The first-moment estimate of the paper (a new array; the state is m_sum)."""
+        return self.m_sum * (1 - self.beta1)
+
+    @property
+    def v(self) -> np.ndarray:
+        """The second-moment estimate of the paper (a new array; the state is v_sum)."""
+        return self.v_sum * (1 - self.beta2)
+
     def state_dict(self):
         s = super().state_dict()
         s.update(m_sum=self.m_sum, v_sum=self.v_sum)
