@@ -392,7 +392,7 @@ def restore_checkpoint(trainer, arrays: dict | None) -> dict:
             continue
         buf = np.zeros(int(np.prod(shapes[key], dtype=np.int64)), dtype=np.asarray(state[key]).dtype)
         if comm.rank == 0:
-            buf[...] = np.asarray(saved[key]).reshape(-1)
+            buf[...] = saved[key].reshape(-1)
         comm.bcast_(buf)
         restored[key] = buf.reshape(shapes[key])
     trainer.dopt.load_checkpoint_state(restored)  # ZeRO: each rank keeps its shard

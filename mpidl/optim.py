@@ -49,16 +49,32 @@ class Optimizer:
             raise ValueError(f"{type(self).__name__}.step: no learning rate (give lr= here or to the constructor)")
         return lr
 
+    def _masked_decay(self, part, data, factor):
+        """factor * mask * data for the block `part` of the buffers (data: that block), in scratch."""
+        t = self._tmp[part]
+        np.multiply(data, self.decay_mask[part], out=t)
+        t *= factor
+        return t
+
     def _grad_with_l2(self, part, data, grad):
         """grad + wd * mask * data for the block `part` of the buffers (data, grad: that block),
         in a scratch buffer (the grad buffer is left alone)."""
         if self.weight_decay == 0:
             return grad
-        g = self._tmp[part]
-        np.multiply(data, self.decay_mask[part], out=g)
-        g *= self.weight_decay
+        g = self._masked_decay(part, data, self.weight_decay)
         g += grad
         return g
+
+    def _by_blocks(self, data, grad, block, zero_grad, step_block, *args):
+        """step_block(part, data[part], grad[part], *args) block after block, so that each block
+        of every buffer stays in cache across the update's passes instead of streaming the whole
+        model through memory each time; zeroing a block of gradients while it is in cache costs
+        next to nothing."""
+        for lo in range(0, data.size, block):
+            part = slice(lo, lo + block)
+            step_block(part, data[part], grad[part], *args)
+            if zero_grad:
+                grad[part] = 0
 
     def step(self, data: np.ndarray, grad: np.ndarray, lr: float | None = None, zero_grad: bool = False) -> None:
         """One update of data from grad. ``zero_grad=True`` leaves grad zeroed for the next
@@ -102,14 +118,7 @@ class SGD(Optimizer):
 
     def step(self, data, grad, lr=None, zero_grad=False):
         lr = self._lr(lr)
-        # Block by block, so that each block of every buffer stays in cache across the
-        # four or five passes instead of streaming the whole model through memory each time;
-        # zeroing a block of gradients while it is in cache costs next to nothing.
-        for lo in range(0, data.size, SGD_BLOCK):
-            part = slice(lo, lo + SGD_BLOCK)
-            self._step_block(part, data[part], grad[part], lr)
-            if zero_grad:
-                grad[part] = 0
+        self._by_blocks(data, grad, SGD_BLOCK, zero_grad, self._step_block, lr)
         self.steps += 1
 
     def _step_block(self, part, data, grad, lr):
@@ -172,12 +181,7 @@ class Adam(Optimizer):
         bias2 = 1 - self.beta2 ** self.steps
         c = math.sqrt((1 - self.beta2) / bias2)
         scale, eps = lr * (1 - self.beta1) / (bias1 * c), self.eps / c
-        # Block by block, as SGD does: the ten passes of one block run in cache.
-        for lo in range(0, data.size, ADAM_BLOCK):
-            part = slice(lo, lo + ADAM_BLOCK)
-            self._step_block(part, data[part], grad[part], lr, scale, eps)
-            if zero_grad:
-                grad[part] = 0
+        self._by_blocks(data, grad, ADAM_BLOCK, zero_grad, self._step_block, lr, scale, eps)
 
     def _step_block(self, part, data, grad, lr, scale, eps):
         m, v, d = self.m_sum[part], self.v_sum[part], self._denom[part]
@@ -186,10 +190,7 @@ class Adam(Optimizer):
         else:                    # AdamW: shrink the weights; the moments see the plain gradient
             g = grad
             if self.weight_decay:
-                tmp = self._tmp[part]
-                np.multiply(data, self.decay_mask[part], out=tmp)
-                tmp *= lr * self.weight_decay
-                data -= tmp
+                data -= self._masked_decay(part, data, lr * self.weight_decay)
         m *= self.beta1
         m += g
         v *= self.beta2
