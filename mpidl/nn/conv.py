@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from mpidl.nn.base import Module
 from mpidl.ops import pool
+from mpidl.ops.chunks import channels_last
 from mpidl.ops.conv import pair, conv2d_backward, conv2d_forward
 from mpidl.ops.convpool import conv2d_pool_relu_backward, conv2d_pool_relu_forward
 from mpidl.ops.scratch import Scratch
@@ -152,7 +153,8 @@ class GlobalAvgPool2d(Module):
 
     def forward(self, x, train=True):
         y, self._shape = pool.global_avgpool_forward(x)
+        self._channels_last = channels_last(x)
         return y
 
     def backward(self, dy):
-        return pool.global_avgpool_backward(dy, self._shape)
+        return pool.global_avgpool_backward(dy, self._shape, self._channels_last)

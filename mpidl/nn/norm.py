@@ -54,12 +54,11 @@ class BatchNorm(Module):
         if self.comm is not None:
             self.comm.allreduce_sum_(sums)
         mean, count = reg.mean_from_sums(sums)
-        centred = reg.centre(x, mean)
-        squares = reg.centred_square_sums(x, mean, centred)
+        squares = reg.centred_square_sums(x, mean)
         if self.comm is not None:
             self.comm.allreduce_sum_(squares)
         var = squares / count
-        y, cache = reg.batchnorm_forward(x, self.gamma.data, self.beta.data, mean, var, self.eps, centred)
+        y, cache = reg.batchnorm_forward(x, self.gamma.data, self.beta.data, mean, var, self.eps)
         self._cache, self._count = cache, count
         m = self.momentum
         unbiased = var * (count / max(count - 1, 1))

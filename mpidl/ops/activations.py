@@ -5,16 +5,28 @@ from __future__ import annotations
 
 import numpy as np
 
+from mpidl.ops.chunks import same_layout_flat, spans
+
 
 def relu(x):
     return np.maximum(x, 0)
 
 
 def relu_forward(x):
-    # Keep a boolean mask, not y: a quarter of y's memory, and y can be freed as soon as the
-    # next layer is done with it (a Winograd convolution keeps its own transform instead).
-    y = np.maximum(x, 0)
-    return y, y > 0
+    """(max(x, 0), mask). Keeps a boolean mask, not y: a quarter of y's memory, and y can be
+    freed as soon as the next layer is done with it (a Winograd convolution keeps its own
+    transform instead)."""
+    y = np.empty_like(x)
+    mask = np.empty_like(y, dtype=bool)
+    flats = same_layout_flat(x, y, mask)
+    if flats is None:   # laid out unalike: NumPy's own strided loops
+        y = np.maximum(x, 0)
+        return y, y > 0
+    xf, yf, mf = flats
+    for s in spans(yf.size):   # the mask taken from y while it is in cache (mpidl.ops.chunks)
+        np.maximum(xf[s], 0, out=yf[s])
+        np.greater(yf[s], 0, out=mf[s])
+    return y, mask
 
 
 def relu_backward(dy, mask):

@@ -10,7 +10,7 @@ Tolerances: finite differences rtol 1e-6 (float64, eps 1e-6: truncation ~1e-12, 
 import numpy as np
 import pytest
 
-from mpidl.ops import pool, regularize as reg
+from mpidl.ops import chunks, pool, regularize as reg
 from mpidl.ops.conv import FEW_CHANNELS, conv2d_backward, conv2d_forward, output_size
 
 FD_EPS, FD_RTOL = 1e-6, 1e-6
@@ -168,23 +168,35 @@ def test_pooling_matches_pytorch(kernel, stride, dtype):
             assert_close(ours_b(dy, cache), tx.grad, dtype, ours_b.__name__)
 
 
+@pytest.mark.parametrize("layout", ["nchw", "nhwc"])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_global_avgpool_matches_pytorch(dtype):
+def test_global_avgpool_matches_pytorch(dtype, layout):
     torch = pytest.importorskip("torch")
     rng = np.random.default_rng(9)
     x = rng.normal(size=(2, 5, 7, 3)).astype(dtype)
+    if layout == "nhwc":
+        x = channels_last(x)
     y, shape = pool.global_avgpool_forward(x)
     dy = rng.normal(size=y.shape).astype(dtype)
     tx = torch.tensor(x, requires_grad=True)
     ty = torch.nn.functional.adaptive_avg_pool2d(tx, 1).flatten(1)
     ty.backward(torch.tensor(dy))
     assert_close(y, ty, dtype, "y")
-    assert_close(pool.global_avgpool_backward(dy, shape), tx.grad, dtype, "dx")
+    dx = pool.global_avgpool_backward(dy, shape, channels_last=layout == "nhwc")
+    assert_close(dx, tx.grad, dtype, "dx")
+    # Handed on in the layout it came in (the layers below read it in memory order).
+    assert chunks.channels_last(dx) == (layout == "nhwc") and chunks.channels_last(x) == (layout == "nhwc")
 
 
+@pytest.mark.parametrize("chunk", [None, 40])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("shape", [(32, 6), (5, 4, 6, 7)])
-def test_batchnorm_layer_matches_pytorch_in_training_and_evaluation(shape, dtype):
+@pytest.mark.parametrize("shape,layout", [((32, 6), "nchw"), ((5, 4, 6, 7), "nchw"), ((5, 4, 6, 7), "nhwc")])
+def test_batchnorm_layer_matches_pytorch_in_training_and_evaluation(shape, dtype, layout, chunk, monkeypatch):
+    """Both memory layouts (channels-last: a convolution's output), dy in the other layout
+    than x, and chunks of samples that do not divide the batch (chunk=40 elements: 1 sample
+    of (4, 6, 7), 6 rows of (32, 6))."""
+    if chunk is not None:
+        monkeypatch.setattr(chunks, "CHUNK_ELEMENTS", chunk)
     torch = pytest.importorskip("torch")
     from mpidl.nn import BatchNorm1d, BatchNorm2d
     from mpidl.params import ParamStore
@@ -201,9 +213,14 @@ def test_batchnorm_layer_matches_pytorch_in_training_and_evaluation(shape, dtype
         ref.weight.copy_(torch.tensor(gamma)), ref.bias.copy_(torch.tensor(beta))
     for step in range(3):  # running statistics accumulate over several batches
         x = (rng.normal(size=shape) * 3 + step).astype(dtype)
+        dy = rng.normal(size=shape).astype(dtype)
+        if layout == "nhwc":
+            x = channels_last(x)
+        elif len(shape) == 4:
+            dy = channels_last(dy)
         store.zero_grad()
         y = layer.forward(x, train=True)
-        dy = rng.normal(size=shape).astype(dtype)
+        assert chunks.channels_last(y) == (layout == "nhwc")
         dx = layer.backward(dy)
         tx = torch.tensor(x, requires_grad=True)
         ref.zero_grad()
