@@ -105,3 +105,32 @@ def test_whole_node_benchmark_runs_all_five_ways(tmp_path):
     assert row["pytorch_twin_verified"] is True
     assert 0 < row["gemm_fraction"] < 1.5 and res["meta"]["gemm_gflops"] > 0
     assert "| mlp 784-256-256-10 |" in (out / "whole_node.md").read_text()
+
+
+@pytest.mark.slow
+def test_resnet_breakdown_finds_every_layer_type_on_both_sides(tmp_path):
+    """The per-layer side-by-side: each group (convolutions by weight shape, batch norm by
+    channels, ReLU) is found in mpidl's timers and in PyTorch's profile, both passes, and the
+    groups add up to no more than mpidl's instrumented step."""
+    pytest.importorskip("torch")
+    spec = importlib.util.spec_from_file_location("resnet_breakdown", os.path.join(REPO, "benchmarks",
+                                                                                    "resnet_breakdown.py"))
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    assert bench.main(["--shape", "3,16,16", "--batch", "8", "--steps", "1", "--rounds", "1",
+                       "--out", str(tmp_path)]) == 0
+    res = json.loads((tmp_path / "resnet_breakdown.json").read_text())
+    groups = {g["group"]: g for g in res["groups"]}
+    expected = {"conv 3->16 3x3", "conv 16->16 3x3", "conv 16->32 3x3", "conv 16->32 1x1", "conv 32->32 3x3",
+                "conv 32->64 3x3", "conv 32->64 1x1", "conv 64->64 3x3", "batch norm 16", "batch norm 32",
+                "batch norm 64", "ReLU"}
+    assert set(groups) == expected
+    for g in groups.values():
+        for side in ("mpidl", "pytorch"):
+            assert g[f"{side}_fwd_ms"] > 0 and g[f"{side}_bwd_ms"] > 0, (g, side)
+    listed = sum(g["mpidl_fwd_ms"] + g["mpidl_bwd_ms"] for g in groups.values())
+    assert listed < res["instrumented_step_ms"]["mpidl"]
+    assert res["rest_ms"]["mpidl"] == pytest.approx(res["instrumented_step_ms"]["mpidl"] - listed)
+    assert all(v > 0 for v in res["step_ms"].values())
+    table = (tmp_path / "resnet_breakdown.md").read_text()
+    assert "| conv 16->16 3x3 |" in table and "whole step, no timers" in table
