@@ -1,9 +1,9 @@
 """Going through memory a cache-sized chunk at a time, for the element-wise kernels.
 
-Batch norm, ReLU and the residual sum do a few flops per element, so their cost is memory
-traffic. A kernel of several NumPy operations runs them one chunk at a time: the chunk and its
-temporaries stay in a core's L2 cache between the operations, and each array is read from
-memory once and written once. (Measured on the Xeon of benchmarks/results, float32, one
+Batch norm and ReLU do a few flops per element, so their cost is memory traffic. A kernel of
+several NumPy operations runs them one chunk at a time: the chunk and its temporaries stay in
+a core's L2 cache between the operations, and each array is read from memory once and
+written once. (Measured on the Xeon of benchmarks/results, float32, one
 thread: a multiply took 0.09 ns per element within L2 against 0.27 from memory.)
 """
 
