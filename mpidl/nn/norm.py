@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from mpidl.nn.base import Module
 from mpidl.ops import regularize as reg
+from mpidl.ops.chunks import SampleRows
 from mpidl.ops.layernorm import layernorm_backward, layernorm_forward
 
 
@@ -50,15 +51,16 @@ class BatchNorm(Module):
         if not train:
             return reg.batchnorm_eval(x, self.gamma.data, self.beta.data, self.running_mean.data,
                                       self.running_var.data, self.eps)
-        sums = reg.batchnorm_sums(x)
+        rows = SampleRows(x)   # x laid out as rows once for the three passes below
+        sums = reg.batchnorm_sums(rows)
         if self.comm is not None:
             self.comm.allreduce_sum_(sums)
         mean, count = reg.mean_from_sums(sums)
-        squares = reg.centred_square_sums(x, mean)
+        squares = reg.centred_square_sums(rows, mean)
         if self.comm is not None:
             self.comm.allreduce_sum_(squares)
         var = squares / count
-        y, cache = reg.batchnorm_forward(x, self.gamma.data, self.beta.data, mean, var, self.eps)
+        y, cache = reg.batchnorm_forward(rows, self.gamma.data, self.beta.data, mean, var, self.eps)
         self._cache, self._count = cache, count
         m = self.momentum
         unbiased = var * (count / max(count - 1, 1))

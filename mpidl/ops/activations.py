@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from mpidl.ops.chunks import same_layout_flat, spans
+from mpidl.ops.chunks import flat_in_memory_order, spans
 
 
 def relu(x):
@@ -16,14 +16,14 @@ def relu_forward(x):
     """(max(x, 0), mask). Keeps a boolean mask, not y: a quarter of y's memory, and y can be
     freed as soon as the next layer is done with it (a Winograd convolution keeps its own
     transform instead)."""
-    y = np.empty_like(x)
-    mask = np.empty_like(y, dtype=bool)
-    flats = same_layout_flat(x, y, mask)
-    if flats is None:   # laid out unalike: NumPy's own strided loops
+    xf = flat_in_memory_order(x)
+    if xf is None:   # a slice with gaps: NumPy's own strided loops
         y = np.maximum(x, 0)
         return y, y > 0
-    xf, yf, mf = flats
-    for s in spans(yf.size):   # the mask taken from y while it is in cache (mpidl.ops.chunks)
+    y = np.empty_like(x)                 # empty_like keeps x's layout, so these flatten alike
+    mask = np.empty_like(x, dtype=bool)
+    yf, mf = flat_in_memory_order(y), flat_in_memory_order(mask)
+    for s in spans(xf.size):   # the mask taken from y while it is in cache (mpidl.ops.chunks)
         np.maximum(xf[s], 0, out=yf[s])
         np.greater(yf[s], 0, out=mf[s])
     return y, mask

@@ -29,16 +29,6 @@ def flat_in_memory_order(a):
     return None
 
 
-def same_layout_flat(*arrays):
-    """Flat views of arrays of one shape laid out alike (see flat_in_memory_order), or None."""
-    if any(a.shape != arrays[0].shape for a in arrays):
-        return None
-    flats = [flat_in_memory_order(a) for a in arrays]
-    if any(f is None for f in flats) or len({channels_last(a) for a in arrays}) > 1:
-        return None
-    return flats
-
-
 def spans(total: int, unit: int = 1) -> list:
     """Slices over `total` items, `unit` elements each, about CHUNK_ELEMENTS elements a slice."""
     step = max(1, CHUNK_ELEMENTS // max(1, unit))

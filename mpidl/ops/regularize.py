@@ -34,12 +34,18 @@ def dropout_backward(dy, mask):
     return dy if mask is None else dy * mask
 
 
+def _rows(x) -> SampleRows:
+    """x as SampleRows; a layer passes the same SampleRows to each step of one forward, so an
+    input in neither layout is copied into rows once, not once a step."""
+    return x if isinstance(x, SampleRows) else SampleRows(x)
+
+
 def batchnorm_sums(x) -> np.ndarray:
     """[sum per channel, count] in one float64 buffer, ready for a single Allreduce."""
-    rows = SampleRows(x)
+    rows = _rows(x)
     buf = np.empty(rows.C + 1, dtype=np.float64)
-    buf[:-1] = rows.sums(rows.rows)   # no temporary: one BLAS call over the whole batch
-    buf[-1] = x.size // rows.C
+    buf[:-1] = rows.sums(rows.rows)   # no temporary: one matmul over the whole batch
+    buf[-1] = rows.rows.size // rows.C
     return buf
 
 
@@ -54,7 +60,7 @@ def centred_square_sums(x, mean) -> np.ndarray:
     x, not one pass with E[x^2] - mean^2 or with per-chunk means combined (Chan et al.): the
     former loses digits for a large mean, and the latter measured 1.3x slower here (more
     operations per chunk, where reading x once more from memory costs less)."""
-    rows = SampleRows(x)
+    rows = _rows(x)
     minus_mean = rows.along_row(-mean)
     total = np.zeros(rows.C, dtype=np.float64)
     for s in rows.chunks():
@@ -83,22 +89,21 @@ def _shift_scale_add(rows, shift, scale, add) -> np.ndarray:
 def batchnorm_forward(x, gamma, beta, mean, var, eps):
     """y = gamma * (x - mean) / sqrt(var + eps) + beta, per channel (axis 1).
 
-    The cache is x itself and the statistics: backward recomputes x - mean a chunk at a time,
-    cheaper than writing a normalised copy and reading it back."""
+    The cache is x itself (as SampleRows) and the statistics: backward recomputes x - mean a
+    chunk at a time, cheaper than writing a normalised copy and reading it back."""
     inv_std = 1.0 / np.sqrt(var + eps)
-    y = _shift_scale_add(SampleRows(x), -mean, gamma * inv_std, beta)
-    return y, (x, mean, gamma, inv_std)
+    rows = _rows(x)
+    return _shift_scale_add(rows, -mean, gamma * inv_std, beta), (rows, mean, gamma, inv_std)
 
 
 def batchnorm_eval(x, gamma, beta, running_mean, running_var, eps):
     scale = gamma / np.sqrt(running_var + eps)
-    return _shift_scale_add(SampleRows(x), -running_mean, scale, beta)
+    return _shift_scale_add(_rows(x), -running_mean, scale, beta)
 
 
 def batchnorm_grad_sums(dy, cache) -> np.ndarray:
     """[sum dy, sum dy*xhat] per channel, one buffer (a synchronised layer reduces it)."""
-    x, mean, _, inv_std = cache
-    rows = SampleRows(x)
+    rows, mean, _, inv_std = cache
     dy_rows, minus_mean = rows.of(dy), rows.along_row(-mean)
     C = rows.C
     buf = np.zeros(2 * C, dtype=np.float64)
@@ -117,12 +122,11 @@ def batchnorm_backward(dy, cache, local_sums, global_sums, count):
     whole batch the statistics came from (global_sums, equal to local_sums when nothing
     is synchronised) and its size `count`.
     """
-    x, mean, gamma, inv_std = cache
-    C = x.shape[1]
-    dbeta = local_sums[:C].astype(x.dtype)
-    dgamma = local_sums[C:].astype(x.dtype)
+    rows, mean, gamma, inv_std = cache
+    C = rows.C
+    dbeta = local_sums[:C].astype(rows.dtype)
+    dgamma = local_sums[C:].astype(rows.dtype)
     # dx = gamma * inv_std * (dy - mean(dy) - xhat * mean(dy * xhat)), xhat = (x - mean) * inv_std
-    rows = SampleRows(x)
     dy_rows = rows.of(dy)
     minus_mean = rows.along_row(-mean)
     xhat_term = rows.along_row(-inv_std * global_sums[C:] / count)
