@@ -10,8 +10,9 @@ Tolerances: finite differences rtol 1e-6 (float64, eps 1e-6: truncation ~1e-12, 
 import numpy as np
 import pytest
 
-from mpidl.ops import chunks, pool, regularize as reg
-from mpidl.ops.conv import FEW_CHANNELS, conv2d_backward, conv2d_forward, output_size
+from mpidl.ops import chunks, conv, pool, regularize as reg
+from mpidl.ops.conv import (FEW_CHANNELS, InputGrad, conv2d_backward, conv2d_forward, correlation_applies,
+                            output_size)
 
 FD_EPS, FD_RTOL = 1e-6, 1e-6
 TORCH_TOL = {np.float64: 1e-10, np.float32: 2e-5}
@@ -135,6 +136,42 @@ def test_conv2d_matches_pytorch(seed, dtype):
     ty.backward(torch.tensor(dy))
     for ours, theirs, what in ((y, ty, "y"), (dx, tx.grad, "dx"), (dW, tW.grad, "dW"), (db, tb.grad, "db")):
         assert_close(ours, theirs, dtype, what)
+
+
+@pytest.mark.parametrize("chunk_rows", [None, 50])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("kernel,padding,dilation", [(3, 1, 1), (3, 0, 1), (3, 2, 1), ((3, 2), (1, 0), 1),
+                                                     (3, 2, 2), (3, (4, 1), 2), (2, 1, 1), ((1, 3), (0, 2), 1)])
+def test_input_gradient_by_correlation_matches_pytorch_and_col2im(kernel, padding, dilation, dtype, chunk_rows,
+                                                                   monkeypatch):
+    """Stride-1 layers on the many-channel path take their input gradient as a correlation of
+    dy with the flipped kernel: every padding up to the kernel's reach, dilations, non-square
+    kernels, and chunks of samples that do not divide the batch (50 rows: 1 sample of 9x8)."""
+    torch = pytest.importorskip("torch")
+    if chunk_rows is not None:
+        monkeypatch.setattr(conv, "CHUNK_ROWS", chunk_rows)
+    rng = np.random.default_rng(11)
+    F, C = 5, FEW_CHANNELS + 2
+    kh, kw = conv.pair(kernel)
+    x, W, b = (rng.normal(size=sh).astype(dtype) for sh in ((3, C, 9, 8), (F, C, kh, kw), (F,)))
+    assert correlation_applies(W.shape, 1, padding, dilation)
+    y, cache = conv2d_forward(channels_last(x), W, b, 1, padding, dilation)
+    dy = rng.normal(size=y.shape).astype(dtype)
+    dx, dW, db = conv2d_backward(dy, cache)
+    tx, tW, tb = (torch.tensor(a, requires_grad=True) for a in (x, W, b))
+    torch.nn.functional.conv2d(tx, tW, tb, padding=conv.pair(padding), dilation=dilation).backward(torch.tensor(dy))
+    for ours, theirs, what in ((dx, tx.grad, "dx"), (dW, tW.grad, "dW"), (db, tb.grad, "db")):
+        assert_close(ours, theirs, dtype, what)
+    col2im = InputGrad(W, x.shape, (1, 1), conv.pair(padding), conv.pair(dilation), y.shape[2:], 3, dtype)
+    col2im.add(0, 3, np.ascontiguousarray(dy.transpose(0, 2, 3, 1)).reshape(-1, F))
+    assert_close(dx, col2im.result(), dtype, "dx against col2im")
+
+
+@pytest.mark.parametrize("W_shape,stride,padding,dilation", [((4, 9, 3, 3), 2, 1, 1), ((4, 9, 1, 1), 1, 0, 1),
+                                                             ((4, 9, 3, 3), 1, 3, 1), ((4, 9, 3, 3), (1, 2), 1, 1)])
+def test_input_gradient_keeps_col2im_where_correlation_does_not_apply(W_shape, stride, padding, dilation):
+    """Strided layers, 1x1 kernels and padding beyond the kernel's reach stay on col2im."""
+    assert not correlation_applies(W_shape, stride, padding, dilation)
 
 
 @pytest.mark.parametrize("channels", [3, FEW_CHANNELS + 1])
