@@ -32,6 +32,7 @@ import numpy as np
 from mpidl.config import parse_every
 from mpidl.errors import CheckpointError
 from mpidl.init import DATA_STREAM, MODEL_STREAM
+from mpidl.nn.conv import kernel_choices, set_kernel_choices
 from mpidl.params import ParamStore
 
 
@@ -301,6 +302,8 @@ def _prepare_rank0(trainer, folder, keep_last, rngs, epoch_loss, params, optimiz
         "preprocessing": trainer.data.preprocessing(),  # the --normalize statistics, fitted once
         "class_names": trainer.data.class_names, "feature_names": trainer.data.feature_names,
         "model": trainer.model.recipe,  # the architecture, as in model.json
+        # The convolution kernels measured on the first batch, so a resumed run rounds alike.
+        "kernels": None if _sharded(trainer) else kernel_choices(trainer.model.net).tolist(),
     }
     arrays = {"params": params, "epoch_loss": epoch_loss,
               "meta": np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)}
@@ -401,6 +404,9 @@ def restore_checkpoint(trainer, arrays: dict | None) -> dict:
     if comm.rank == 0:
         epoch_loss[:] = arrays["epoch_loss"]  # the end-of-epoch Allreduce adds the other ranks' zeros
 
+    kernels = meta.get("kernels")
+    if kernels and not _sharded(trainer) and np.shape(kernels) == kernel_choices(trainer.model.net).shape:
+        set_kernel_choices(trainer.model.net, kernels)
     rngs = meta["rng"]
     if comm.rank < len(rngs):
         trainer.model_rng.bit_generator.state = rngs[comm.rank]["model"]

@@ -74,8 +74,10 @@ class RunConfig:
     seed: int = _opt(0, "seed for initial weights and data order (same on every rank)")
     dtype: str = _opt("float32", "floating-point type of weights, gradients and activations",
                       choices=("float32", "float64"))
-    conv_algorithm: str = _opt("auto", "3x3 stride-1 convolutions: auto (Winograd F(2x2,3x3) from 16 input channels "
-                                       "up, where it measured faster), direct (im2col + GEMM always) or winograd",
+    conv_algorithm: str = _opt("auto", "3x3 stride-1 convolutions: auto (from 4 input channels up, each layer "
+                                       "times Winograd F(2x2,3x3) against im2col on its first batch and keeps the "
+                                       "faster; rank 0's choice holds on every rank), direct (im2col + GEMM "
+                                       "always) or winograd",
                                choices=("auto", "direct", "winograd"))
     winograd_keeps: str = _opt("auto", "what a Winograd layer keeps for its weight gradient: transform (its "
                                        "transformed input, 4x the input's size: fastest), input (transforms it "

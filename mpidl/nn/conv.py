@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import time
+
+import numpy as np
+
 from mpidl.nn.base import Module
 from mpidl.ops import pool
 from mpidl.ops.chunks import channels_last
@@ -11,12 +15,18 @@ from mpidl.ops.scratch import Scratch
 from mpidl.ops.winograd import (winograd_applies, winograd_conv2d_backward, winograd_conv2d_forward,
                                  winograd_conv2d_pool_relu_forward, winograd_pool_applies)
 
-# Winograd F(2x2,3x3) beat im2col, forward + backward at batch 64, one thread, on 32->64
-# channels (1.5-1.6x, benchmarks/winograd_layers.py) and on resnet20's 16, 32 and 64-channel
-# layers (1.26x, 1.70x, 1.12x), and lost on 1-3 input channels, where there is no channel sum
-# to save on: "auto" takes it from this many input channels up.
-WINOGRAD_MIN_CHANNELS = 16
+# Which kernel is faster depends on the layer and on the machine: on one Xeon Winograd
+# F(2x2,3x3) beat im2col 1.26-1.70x on resnet20's layers, on an AMD EPYC (and against im2col
+# with its input gradient by correlation) it lost on all three (0.67-0.94x). So "auto" measures:
+# a layer where Winograd applies times both kernels on its first batch, in the pass it is asked
+# for (training: forward and backward; evaluation: forward), and keeps the faster. Each is run
+# MEASURE_ROUNDS times, after one untimed call, on up to MEASURE_SAMPLES of the batch's samples.
+MEASURE_SAMPLES = 32
+MEASURE_ROUNDS = 2
+# Below this many input channels there is no channel sum for Winograd to save on: never measured.
+WINOGRAD_MIN_CHANNELS = 4
 ALGORITHMS = ("auto", "direct", "winograd")
+MODES = ("train", "eval")
 # What a Winograd layer keeps for its weight gradient: the transformed input (4x the input's
 # size, no work in backward) or only the input it already has (transformed again in backward).
 # "auto" transforms again where that is cheap against the layer's products: the transform costs
@@ -28,9 +38,10 @@ RECOMPUTE_FROM_CHANNELS = 32
 
 
 class Conv2d(Module):
-    """algorithm: 'auto' (Winograd for 3x3 stride-1 layers with at least WINOGRAD_MIN_CHANNELS
-    input channels, im2col + GEMM elsewhere), 'direct' (always im2col), 'winograd' (where it
-    applies). winograd_keeps: 'auto', 'transform' or 'input' (see WINOGRAD_KEEPS)."""
+    """algorithm: 'auto' (3x3 stride-1 layers with at least WINOGRAD_MIN_CHANNELS input channels
+    measure Winograd against im2col on their first batch and keep the faster, see MEASURE_SAMPLES;
+    im2col + GEMM elsewhere), 'direct' (always im2col), 'winograd' (where it applies).
+    winograd_keeps: 'auto', 'transform' or 'input' (see WINOGRAD_KEEPS)."""
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0, dilation=1,
                  bias: bool = True, init="he", algorithm: str = "auto", winograd_keeps: str = "auto"):
@@ -57,8 +68,17 @@ class Conv2d(Module):
             raise ValueError(f"Conv2d algorithm {name!r}: choose from {', '.join(ALGORITHMS)}")
         self._algorithm = name
         fits = winograd_applies(self.W.shape, self.stride, self.padding, self.dilation)
-        self.uses_winograd = fits and (name == "winograd" or
-                                       (name == "auto" and self.W.shape[1] >= WINOGRAD_MIN_CHANNELS))
+        if not fits or name == "direct" or (name == "auto" and self.W.shape[1] < WINOGRAD_MIN_CHANNELS):
+            fixed = "direct"
+        else:
+            fixed = None if name == "auto" else "winograd"
+        # The kernel each pass runs; None: still to be measured on the first batch of that pass.
+        self.chosen = {mode: fixed for mode in MODES}
+
+    @property
+    def uses_winograd(self) -> bool:
+        """Whether training runs Winograd (where the input's shape allows), as chosen or measured."""
+        return self.chosen["train"] == "winograd"
 
     @property
     def winograd_keeps(self) -> str:
@@ -77,32 +97,78 @@ class Conv2d(Module):
             return self.W.shape[0] < RECOMPUTE_FROM_CHANNELS
         return self._winograd_keeps == "transform"
 
-    def _winograd_forward(self, x_shape):
-        """The Winograd kernel for this input, or None for im2col."""
-        return winograd_conv2d_forward if self.uses_winograd else None
+    def _winograd_kernel(self, x_shape):
+        """The Winograd forward kernel for this input, or None where it does not apply."""
+        return winograd_conv2d_forward
 
-    def forward(self, x, train=True):
+    def _run_forward(self, x, winograd, train, scratch):
         b = None if self.b is None else self.b.data
-        winograd = self._winograd_forward(x.shape)
         if winograd is not None:
             keep = (True if self.keeps_transform else "input") if train else False
-            y, cache = winograd(x, self.W.data, b, self.padding, scratch=self._scratch, keep_cache=keep)
-        else:
-            y, cache = self._forward(x, self.W.data, b, self.stride, self.padding, self.dilation,
-                                     keep_cols=train, scratch=self._scratch)
+            return winograd(x, self.W.data, b, self.padding, scratch=scratch, keep_cache=keep)
+        return self._forward(x, self.W.data, b, self.stride, self.padding, self.dilation, keep_cols=train,
+                             scratch=scratch)
+
+    def _run_backward(self, dy, cache, winograd, scratch):
+        backward = winograd_conv2d_backward if winograd else self._backward
+        return backward(dy, cache, need_dx=self.need_input_grad, need_db=self.b is not None, scratch=scratch)
+
+    def _measure(self, x, winograd, train) -> str:
+        """'winograd' or 'direct', whichever ran this pass faster on (part of) x."""
+        part = x[:MEASURE_SAMPLES]
+        scratch = Scratch()  # the loser's working arrays go with it
+        seconds = {"direct": [], "winograd": []}
+        for round_ in range(MEASURE_ROUNDS + 1):
+            for name, kernel in (("direct", None), ("winograd", winograd)):
+                start = time.perf_counter()
+                y, cache = self._run_forward(part, kernel, train, scratch)
+                if train:
+                    self._run_backward(np.ones_like(y), cache, kernel, scratch)
+                if round_:  # the first round allocates the working arrays
+                    seconds[name].append(time.perf_counter() - start)
+        return min(seconds, key=lambda name: min(seconds[name]))
+
+    def forward(self, x, train=True):
+        winograd = self._winograd_kernel(x.shape)
+        mode = "train" if train else "eval"
+        if winograd is not None and self.chosen[mode] is None:
+            self.chosen[mode] = self._measure(x, winograd, train)
+        if self.chosen[mode] != "winograd":
+            winograd = None
+        y, cache = self._run_forward(x, winograd, train, self._scratch)
         self._cache = cache if train else None
         self._cache_is_winograd = winograd is not None
         return y
 
     def backward(self, dy):
-        backward = winograd_conv2d_backward if self._cache_is_winograd else self._backward
-        dx, dW, db = backward(dy, self._cache, need_dx=self.need_input_grad, need_db=self.b is not None,
-                              scratch=self._scratch)
+        dx, dW, db = self._run_backward(dy, self._cache, self._cache_is_winograd, self._scratch)
         self.W.grad += dW
         if self.b is not None:
             self.b.grad += db
         self._cache = None
         return dx
+
+
+# How kernel_choices encodes each layer's choice per pass, for a broadcast or a checkpoint.
+CHOICE_CODES = {None: 0, "direct": 1, "winograd": 2}
+
+
+def kernel_choices(net) -> np.ndarray:
+    """Every Conv2d's kernel per pass (MODES), in module order, as CHOICE_CODES (0: not yet measured)."""
+    convs = [m for m in net.modules() if isinstance(m, Conv2d)]
+    return np.array([[CHOICE_CODES[c.chosen[mode]] for mode in MODES] for c in convs], dtype=np.int64)
+
+
+def set_kernel_choices(net, codes) -> None:
+    """The inverse of kernel_choices: ranks take rank 0's measured choices (the same kernels make
+    the same rounding everywhere), a resumed run those of the run it continues. A layer whose
+    algorithm is fixed ('direct', 'winograd') keeps it."""
+    names = {code: name for name, code in CHOICE_CODES.items()}
+    convs = [m for m in net.modules() if isinstance(m, Conv2d)]
+    codes = np.asarray(codes).reshape(len(convs), len(MODES))
+    for conv, row in zip(convs, codes):
+        if conv.algorithm == "auto" and conv.chosen != {m: "direct" for m in MODES}:
+            conv.chosen = {mode: names[int(code)] for mode, code in zip(MODES, row)}
 
 
 class Conv2dPoolReLU(Conv2d):
@@ -112,9 +178,9 @@ class Conv2dPoolReLU(Conv2d):
 
     _forward, _backward = staticmethod(conv2d_pool_relu_forward), staticmethod(conv2d_pool_relu_backward)
 
-    def _winograd_forward(self, x_shape):
+    def _winograd_kernel(self, x_shape):
         # By Winograd only where each 2x2 output tile is one pooling window (even output sizes).
-        if self.uses_winograd and winograd_pool_applies(x_shape, self.W.shape, self.padding):
+        if winograd_pool_applies(x_shape, self.W.shape, self.padding):
             return winograd_conv2d_pool_relu_forward
         return None
 

@@ -490,6 +490,7 @@ class DistributedOptimizer:
         self._weights = ~buffers if buffers.any() else None
         if broadcast:
             broadcast_and_verify(self.comm, model)
+        self._kernels_agreed = self.comm.size == 1  # see agree_on_kernels
 
     def describe(self) -> str:
         chosen = getattr(self.sync, "chosen", "")
@@ -571,9 +572,23 @@ class DistributedOptimizer:
             self.sync.after_update()
         else:
             self._nonfinite()
+        if not self._kernels_agreed:
+            self.agree_on_kernels()
         if lap is not None:
             lap("optimizer")
         return applied
+
+    def agree_on_kernels(self) -> None:
+        """Collective, once, after the first step: every rank takes the convolution kernels rank
+        0's layers measured fastest on their first batch (nn.Conv2d, algorithm 'auto'), so that
+        all replicas round alike from the second step on."""
+        from mpidl.nn.conv import kernel_choices, set_kernel_choices
+        self._kernels_agreed = True
+        net = getattr(self.model, "net", None)
+        codes = kernel_choices(net) if net is not None else None
+        if codes is not None and codes.size:
+            self.comm.bcast_(codes)
+            set_kernel_choices(net, codes)
 
     def _nonfinite(self) -> None:
         where = f" at {self.where}" if self.where else ""

@@ -49,7 +49,7 @@ def test_n_ranks_equal_one_process_with_winograd_in_the_fused_cnn_layer(keeps):
     """The cnn's second layer (32->64, 4x4 input on the 8x8 digits) runs Winograd fused with
     pooling; keeping its input instead of the transform gives the same weights too."""
     args = ["--model", "cnn", "--dataset", "digits", "--max-steps", "6", "--batch-size", "16", "--optimizer", "sgd",
-            "--lr", "0.05", "--momentum", "0.9", "--winograd-keeps", keeps, "--dtype", "float64", "--seed", "3"]
+            "--lr", "0.05", "--momentum", "0.9", "--conv-algorithm", "winograd", "--winograd-keeps", keeps, "--dtype", "float64", "--seed", "3"]
     trainers = []
     for comm in (world(), SerialComm()):
         t = Trainer.from_config(parse_config(args), comm)
@@ -60,3 +60,38 @@ def test_n_ranks_equal_one_process_with_winograd_in_the_fused_cnn_layer(keeps):
     distributed, reference = (t.store.data for t in trainers)
     err = np.abs(distributed - reference).max() / np.abs(reference).max()
     assert err <= REL_TOL, f"{world().size} ranks differ from 1 process by {err:.2e} (relative)"
+
+
+@pytest.mark.mpi
+def test_every_rank_takes_rank_0s_measured_kernels_after_the_first_step(monkeypatch):
+    """Each rank measures its convolutions on its first batch and then runs rank 0's choice:
+    here rank 0 finds im2col slow and every other rank finds Winograd slow, and all end on
+    Winograd for training. The weights still equal one process's on im2col (float64)."""
+    import time
+    from mpidl import nn
+    from mpidl.nn import conv as conv_layers
+
+    def slowed(kernel):
+        def slow(*args, **kwargs):
+            time.sleep(0.01)
+            return kernel(*args, **kwargs)
+        return slow
+
+    comm = world()
+    if comm.rank == 0:
+        monkeypatch.setattr(nn.Conv2dPoolReLU, "_forward", staticmethod(slowed(conv_layers.conv2d_pool_relu_forward)))
+    else:
+        monkeypatch.setattr(conv_layers, "winograd_conv2d_pool_relu_forward",
+                            slowed(conv_layers.winograd_conv2d_pool_relu_forward))
+    # The cnn: its second layer (32->64, fused with pooling) is measured, the first (1 channel) is not.
+    args = ["--model", "cnn", "--dataset", "digits", "--max-steps", "4", "--batch-size", "16",
+            "--optimizer", "sgd", "--lr", "0.05", "--momentum", "0.9", "--dtype", "float64", "--seed", "3"]
+    trainer = Trainer.from_config(parse_config(args), comm)
+    trainer.train()
+    conv1, conv2 = trainer.model.net.layers[:2]
+    assert conv1.chosen["train"] == "direct" and conv2.chosen["train"] == "winograd"
+    monkeypatch.undo()
+    reference = Trainer.from_config(parse_config([*args, "--conv-algorithm", "direct"]), SerialComm())
+    reference.train()
+    err = np.abs(trainer.store.data - reference.store.data).max() / np.abs(reference.store.data).max()
+    assert err <= REL_TOL, f"{comm.size} ranks differ from 1 process by {err:.2e} (relative)"

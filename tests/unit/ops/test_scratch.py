@@ -37,7 +37,7 @@ def stack(algorithm, channels=16, layers=4):
         mods[f"conv{i}"] = nn.Conv2d(channels, channels, 3, padding=1, algorithm=algorithm)
         mods[f"bn{i}"] = nn.BatchNorm2d(channels)
         mods[f"relu{i}"] = nn.ReLU()
-    mods["pool"] = nn.Conv2dPoolReLU(channels, 8, 3, padding=1)
+    mods["pool"] = nn.Conv2dPoolReLU(channels, 8, 3, padding=1, algorithm=algorithm)
     return nn.Sequential(mods)
 
 
