@@ -56,9 +56,11 @@ def test_the_shaper_holds_each_link_to_its_rate(lab):
 def test_the_cost_model_predicts_the_step_within_20_percent(lab):
     nl = _load("network_lab")
     link = nl.fit_link(lab, nodes=2, max_bytes=1 << 20)
-    # The fit's latency is clamped at zero, which can put its rate a little over the shaper's
-    # (101.1 seen); a wrong unit or an unshaped link would be off by 10x or more.
-    assert 80 <= link["rate_mbit_fitted"] <= 103, link
+    # tbf's bucket lets its first 64 KiB through at line rate after each pause, so a fit over
+    # messages of up to 1 MiB can read up to ~6% over the shaper (101.1 and 103.4 seen); a wrong
+    # unit or an unshaped link would be off by 10x or more.
+    top = 100 * (1 + netlab.tbf_burst_bytes(100) / (1 << 20)) + 1
+    assert 80 <= link["rate_mbit_fitted"] <= top, link
     for name in ("mlp 784-256-256-10", "cnn"):
         row = nl.check_model(lab, link, name, nodes=2)
         if abs(row["residual"]) > 0.20:
