@@ -17,7 +17,8 @@ from __future__ import annotations
 import numpy as np
 
 from mpidl.ops.conv import (FEW_CHANNELS, InputGrad, patch_buffer, sample_spans, backward_by_chunks,
-                            channels_last_patches, column_sums, conv_geometry, few_channel_windows, with_bias)
+                            channels_last_patches, column_sums, conv_geometry, correlation_applies,
+                            few_channel_windows, input_grad_by_correlation, with_bias)
 from mpidl.ops.scratch import FRESH
 
 # Samples are pooled a chunk at a time while the GEMM's output is in cache. Without a patch
@@ -142,17 +143,30 @@ def conv2d_pool_relu_backward(dy, cache, need_dx=True, need_db=True, scratch=FRE
     dtype = np.result_type(dy.dtype, W.dtype)
     rows_per_sample = 4 * Hp * Wp
     if C >= FEW_CHANNELS:
-        # Plain (n, i, j) row order, as conv2d's own backward gathers the patches.
+        # Plain (n, i, j) row order, as conv2d's own backward gathers the patches. Where the input
+        # gradient is taken by correlation, that needs the whole convolution-output gradient: the
+        # chunks are unpooled into one temporary of the output's size instead of a chunk's.
         chunk = sample_spans(N, rows_per_sample)[0][1]
-        dconv = scratch.temp("dconv", (chunk, Hp, 2, Wp, 2, F), dtype)
+        # (Only where pooling reads the whole output: the correlation gives dx for the whole.)
+        by_correlation = (need_dx and correlation_applies(W.shape, s, p, d) and
+                          conv_geometry("conv2d+maxpool", x_shape, W.shape, s, p, d)[3] == (Ho, Wo))
+        if by_correlation:
+            whole = scratch.temp("dconv_whole", (N, Hp, 2, Wp, 2, F), dtype)
+        else:
+            dconv = scratch.temp("dconv", (chunk, Hp, 2, Wp, 2, F), dtype)
         hit = scratch.temp("hit", (chunk, Hp, Wp, F), bool)
 
         def dy_rows(lo, hi):
-            n = hi - lo
-            _unpool(dy_nhwc[lo:hi], winner[lo:hi], [dconv[:n, :, k // 2, :, k % 2] for k in range(4)], hit[:n])
-            return dconv[:n].reshape(n * rows_per_sample, F)
+            n, part = hi - lo, whole[lo:hi] if by_correlation else dconv[:hi - lo]
+            _unpool(dy_nhwc[lo:hi], winner[lo:hi], [part[:, :, k // 2, :, k % 2] for k in range(4)], hit[:n])
+            return part.reshape(n * rows_per_sample, F)
         conv_cache = (source, ones, W, x_shape, s, p, d, (Ho, Wo))
-        return backward_by_chunks(dy_rows, conv_cache, need_dx, need_db, dtype, scratch)
+        dx, dW, db = backward_by_chunks(dy_rows, conv_cache, need_dx and not by_correlation, need_db, dtype,
+                                        scratch)
+        if by_correlation:
+            dconv_nchw = whole.reshape(N, Ho, Wo, F).transpose(0, 3, 1, 2)
+            dx = input_grad_by_correlation(dconv_nchw, W, p, d, scratch).transpose(0, 3, 1, 2)
+        return dx, dW, db
     # Few channels: the kept patch matrix is in window order, so the gradient chunks are too.
     spans = sample_spans(N, rows_per_sample, FEW_CHANNEL_CHUNK_ROWS)
     chunk = spans[0][1]

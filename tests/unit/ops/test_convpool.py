@@ -159,3 +159,30 @@ def test_scratch_reuses_an_array_only_for_the_same_name_shape_and_dtype():
     assert scratch.zeros_once("z", (4,), np.float64) is z            # kept as the caller left it
     fresh = Scratch(keep=False)
     assert fresh.empty("a", (2,), np.float32) is not fresh.empty("a", (2,), np.float32)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("kernel,padding,dilation,size,by_correlation", [
+    (3, 1, 1, (8, 10), True), (3, 2, 1, (6, 6), True), (3, 2, 2, (8, 6), True), ((3, 2), (1, 0), 1, (8, 9), True),
+    (3, 1, 1, (7, 8), False),                 # an odd output row the pooling drops: col2im
+])
+def test_fused_input_gradient_by_correlation_matches_pytorch(kernel, padding, dilation, size, by_correlation,
+                                                             dtype, monkeypatch):
+    """Many channels, stride 1: the input gradient is a correlation of the unpooled gradient
+    with the flipped kernel, where the pooling reads the whole convolution output."""
+    torch = pytest.importorskip("torch")
+    calls = []
+    monkeypatch.setattr(convpool, "input_grad_by_correlation",
+                        lambda *a, **k: calls.append(1) or conv.input_grad_by_correlation(*a, **k))
+    monkeypatch.setattr(conv, "CHUNK_ROWS", 50)          # several chunks of samples
+    rng = np.random.default_rng(5)
+    kh, kw = conv.pair(kernel)
+    x = channels_last(rng.normal(size=(3, FEW_CHANNELS + 2, *size)).astype(dtype))
+    W, b = rng.normal(size=(6, FEW_CHANNELS + 2, kh, kw)).astype(dtype), rng.normal(size=6).astype(dtype)
+    y, cache = conv2d_pool_relu_forward(x, W, b, 1, padding, dilation)
+    dy = rng.normal(size=y.shape).astype(dtype)
+    dx, dW, db = conv2d_pool_relu_backward(dy, cache)
+    assert bool(calls) == by_correlation
+    ty, tdx, tdW, tdb = torch_reference(torch, x, W, b, 1, conv.pair(padding), dilation, dy)
+    for ours, theirs, what in ((y, ty, "y"), (dx, tdx, "dx"), (dW, tdW, "dW"), (db, tdb, "db")):
+        assert_close(ours, theirs, dtype, what)
