@@ -39,6 +39,7 @@ class Reporter:
         self.trainer = trainer
         self.bar = None
         self.metrics_file = None
+        self.kernels_told = False
         # --log-every: this rank's loss sum and sample count since the last step record
         self.log_every = cfg.log_every
         self.pending = np.zeros(2)
@@ -79,10 +80,26 @@ class Reporter:
     def on_step(self, trainer):
         if self.bar is not None:
             self.bar.update(1)
+        if not self.kernels_told and self.enabled:
+            self.kernels_told = True
+            self.tell_kernels(trainer)
         if self.log_every:
             self.pending += trainer.last_step_loss
             if trainer.global_step % self.log_every == 0:
                 self.log_step(trainer)
+
+    def tell_kernels(self, trainer):
+        """After the first step: which kernels the convolutions measured fastest (rank 0's, now every rank's)."""
+        from mpidl.nn.conv import describe_kernel_choices
+        net = getattr(trainer.model, "net", None)
+        told = describe_kernel_choices(net) if net is not None else None
+        if told is None:
+            return
+        line = f"convolutions: {told}"
+        if self.bar is not None:
+            self.bar.write(line)
+        elif self.mode == "log":
+            print(line, flush=True)
 
     def log_step(self, trainer):
         """A step record: the mean training loss over all ranks since the last one (collective)."""

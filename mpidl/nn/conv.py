@@ -74,6 +74,7 @@ class Conv2d(Module):
             fixed = None if name == "auto" else "winograd"
         # The kernel each pass runs; None: still to be measured on the first batch of that pass.
         self.chosen = {mode: fixed for mode in MODES}
+        self.measures = fixed is None
 
     @property
     def uses_winograd(self) -> bool:
@@ -167,8 +168,18 @@ def set_kernel_choices(net, codes) -> None:
     convs = [m for m in net.modules() if isinstance(m, Conv2d)]
     codes = np.asarray(codes).reshape(len(convs), len(MODES))
     for conv, row in zip(convs, codes):
-        if conv.algorithm == "auto" and conv.chosen != {m: "direct" for m in MODES}:
+        if conv.measures:
             conv.chosen = {mode: names[int(code)] for mode, code in zip(MODES, row)}
+
+
+def describe_kernel_choices(net) -> str | None:
+    """What the measured layers chose for training, in words; None when no layer measures."""
+    measured = [m for m in net.modules() if isinstance(m, Conv2d) and m.measures]
+    chosen = [m.chosen["train"] for m in measured if m.chosen["train"] is not None]
+    if not chosen:
+        return None
+    return (f"Winograd in {chosen.count('winograd')} and im2col in {chosen.count('direct')} of the "
+            f"{len(measured)} layers that measured both on the first batch")
 
 
 class Conv2dPoolReLU(Conv2d):
