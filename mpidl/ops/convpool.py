@@ -143,11 +143,11 @@ def conv2d_pool_relu_backward(dy, cache, need_dx=True, need_db=True, scratch=FRE
     dtype = np.result_type(dy.dtype, W.dtype)
     rows_per_sample = 4 * Hp * Wp
     if C >= FEW_CHANNELS:
-        # Plain (n, i, j) row order, as conv2d's own backward gathers the patches. Where the input
-        # gradient is taken by correlation, that needs the whole convolution-output gradient: the
-        # chunks are unpooled into one temporary of the output's size instead of a chunk's.
+        # Plain (n, i, j) row order, as conv2d's own backward gathers the patches. The input
+        # gradient by correlation needs the gradient of the whole convolution output, so there the
+        # chunks are unpooled into one temporary of the output's size instead of a chunk's; only
+        # where the pooling reads the whole output (none of its rows or columns dropped).
         chunk = sample_spans(N, rows_per_sample)[0][1]
-        # (Only where pooling reads the whole output: the correlation gives dx for the whole.)
         by_correlation = (need_dx and correlation_applies(W.shape, s, p, d) and
                           conv_geometry("conv2d+maxpool", x_shape, W.shape, s, p, d)[3] == (Ho, Wo))
         if by_correlation:
@@ -164,8 +164,7 @@ def conv2d_pool_relu_backward(dy, cache, need_dx=True, need_db=True, scratch=FRE
         dx, dW, db = backward_by_chunks(dy_rows, conv_cache, need_dx and not by_correlation, need_db, dtype,
                                         scratch)
         if by_correlation:
-            dconv_nchw = whole.reshape(N, Ho, Wo, F).transpose(0, 3, 1, 2)
-            dx = input_grad_by_correlation(dconv_nchw, W, p, d, scratch).transpose(0, 3, 1, 2)
+            dx = input_grad_by_correlation(whole.reshape(N, Ho, Wo, F).transpose(0, 3, 1, 2), W, p, d, scratch)
         return dx, dW, db
     # Few channels: the kept patch matrix is in window order, so the gradient chunks are too.
     spans = sample_spans(N, rows_per_sample, FEW_CHANNEL_CHUNK_ROWS)
