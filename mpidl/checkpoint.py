@@ -106,7 +106,7 @@ _NAME = re.compile(r"^ckpt-(\d+)\.npz$")
 # of RunConfig changes the trajectory, so a mismatch there is an error. epochs/max_steps extend or shorten a run (a schedule that
 # depends on the total, like cosine, then follows the new total); the failure knobs do not
 # touch the numbers.
-MAY_CHANGE_ON_RESUME = frozenset({"out", "threads", "progress", "eval_batch_size", "checkpoint_dir",
+MAY_CHANGE_ON_RESUME = frozenset({"out", "threads", "allocator", "progress", "eval_batch_size", "checkpoint_dir",
                                   "checkpoint_every", "keep_last", "checkpoint_write", "resume", "expect_ranks",
                                   "epochs", "max_steps", "collective_timeout", "check_every",
                                   "on_drift", "on_nonfinite", "log_every", "timeline",

@@ -215,7 +215,7 @@ def main(argv=None) -> int:
     from mpidl.parallel import agreed, world
     from mpidl.trainer import Trainer
     try:
-        comm = world(cfg.threads, cfg.collective_timeout, cfg.expect_ranks)
+        comm = world(cfg.threads, cfg.collective_timeout, cfg.expect_ranks, cfg.allocator)
     except UserError as exc:  # the same verdict on every rank, no collective needed
         if getattr(exc, "report", True):
             _fail(str(exc))

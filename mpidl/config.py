@@ -86,6 +86,9 @@ class RunConfig:
                                choices=("auto", "transform", "input"))
     # machine
     threads: int | None = _opt(UNSET, "BLAS threads per rank (default: cores / ranks on this node)")
+    allocator: str = _opt("keep", "memory a step frees: keep (mapped for the next step's arrays, no page "
+                                  "faults; glibc) or system (the C library's default: given back and "
+                                  "faulted in again)", choices=("keep", "system"))
     # failures (see "Failure behaviour" in the README)
     collective_timeout: float = _opt(300.0, "abort the job if a rank waits this many seconds in one "
                                      "collective (a peer died or hangs); 0 disables")

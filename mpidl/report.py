@@ -164,6 +164,7 @@ def summary_of(trainer, history) -> dict:
         "mpidl_version": __version__,
         "world_size": comm.size,
         "blas_threads_per_rank": getattr(comm, "blas_threads", None),
+        "allocator": getattr(comm, "allocator", None),
         "mpi_library": comm.library,
         "epochs": len(history),
         "steps": trainer.global_step,

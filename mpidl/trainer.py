@@ -69,7 +69,7 @@ class Trainer:
         from mpidl.parallel import world
         if comm is None:
             comm = world(settings.get("threads"), settings.get("collective_timeout", 300.0),
-                         settings.get("expect_ranks"))
+                         settings.get("expect_ranks"), settings.get("allocator", "keep"))
 
         def build():
             cfg = library_config(settings, model_name=getattr(model, "name", "custom"))

@@ -4,6 +4,7 @@ parallelism (the Grid of ranks, tensor-parallel layers, pipeline stages, Sharded
 
 from __future__ import annotations
 
+from mpidl.allocator import configure as configure_allocator
 from mpidl.errors import UserError
 from mpidl.parallel import comm as _comm
 from mpidl.parallel.guard import (agreed, blas_threads, check_world_size, install_abort_on_exception,
@@ -15,11 +16,14 @@ from mpidl.parallel.sync import DistributedOptimizer, broadcast_and_verify, make
 __all__ = ["world", "DistributedOptimizer", "broadcast_and_verify", "make_sync", "agreed", "Grid", "ShardedModel"]
 
 
-def world(threads: int | None = None, collective_timeout: float = 300.0, expect_ranks: int | None = None):
+def world(threads: int | None = None, collective_timeout: float = 300.0, expect_ranks: int | None = None,
+          allocator: str = "keep"):
     """The communicator of all ranks, set up as the command line sets it up: MPI starts here,
     BLAS gets `threads` per rank (default: this node's cores / its ranks), an exception on one
     rank aborts all of them, a rank stuck `collective_timeout` s in one collective (or in
-    MPI_Init, waiting for a rank that never starts) aborts the job, and `expect_ranks` (or a SLURM launch that made N worlds of one) is checked."""
+    MPI_Init, waiting for a rank that never starts) aborts the job, `expect_ranks` (or a SLURM
+    launch that made N worlds of one) is checked, and memory a step frees stays mapped for the
+    next (`allocator="keep"`, see mpidl.allocator; "system" leaves the C library's default)."""
     comm = _comm.world(startup_timeout=collective_timeout or None)
     install_abort_on_exception(comm)
     try:
@@ -31,5 +35,6 @@ def world(threads: int | None = None, collective_timeout: float = 300.0, expect_
         from threadpoolctl import threadpool_limits
         comm.blas_threads = blas_threads(comm, threads)
         threadpool_limits(comm.blas_threads)
+    comm.allocator = configure_allocator(allocator)
     start_watchdog(comm, collective_timeout)
     return comm

@@ -25,6 +25,7 @@ def test_default_run_on_four_ranks(tmp_path):
     assert time.perf_counter() - t0 < 120
     s = _summary(out)
     assert s["world_size"] == 4 and s["config"]["model"] == "mlp" and s["config"]["dataset"] == "digits"
+    assert s["allocator"] == "keep"   # the default: freed memory kept mapped (mpidl.allocator)
     assert s["val_accuracy"] >= 0.95
     assert "done:" in proc.stdout and proc.stdout.count("done:") == 1   # rank 0 only
     lines = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
@@ -43,9 +44,10 @@ def test_default_run_on_four_ranks(tmp_path):
 
 
 def test_xor_reaches_100_percent(tmp_path):
-    proc = run_train(2, ["--model", "xor", "--out", str(tmp_path)], timeout=120)
+    proc = run_train(2, ["--model", "xor", "--allocator", "system", "--out", str(tmp_path)], timeout=120)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert _summary(tmp_path)["val_accuracy"] == 1.0
+    s = _summary(tmp_path)
+    assert s["val_accuracy"] == 1.0 and s["allocator"] == "system"
 
 
 def test_linreg_fits_the_regression_set(tmp_path):
