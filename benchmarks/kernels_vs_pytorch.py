@@ -8,7 +8,8 @@ mpidl's NumPy kernels against the same model in PyTorch eager, one process, one 
 The BLAS kernel that ran (threadpoolctl) is printed and saved with the figures.
 
 Both frameworks run in the same process, alternating timed blocks so that a busy machine
-slows both alike; each figure is the median over the blocks. Also printed: the achieved
+slows both alike; each figure is the median over the blocks. They share the process's malloc
+setting too (--allocator, default keep: what mpidl.world sets), so the ratio is the kernels'. Also printed: the achieved
 GFLOP/s (multiply-adds of the GEMMs in forward and backward, x2) against this machine's
 single-thread float32 GEMM rate measured in the same run. Results go to
 benchmarks/results/kernels_vs_pytorch.{json,md}.
@@ -30,6 +31,7 @@ from threadpoolctl import threadpool_limits
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+from mpidl import allocator  # noqa: E402
 from mpidl.nn import Conv2d, Conv2dPoolReLU  # noqa: E402
 from mpidl.nn import Linear  # noqa: E402
 from mpidl.models import Model, build_model  # noqa: E402
@@ -168,7 +170,11 @@ def main(argv=None):
     ap.add_argument("--block-seconds", type=float, default=0.5, help="rough length of one timed block")
     ap.add_argument("--only", default="", help="run only the cases whose label contains this text")
     ap.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results"))
+    ap.add_argument("--allocator", default="keep", choices=allocator.CHOICES,
+                    help="malloc setting of the process, which PyTorch shares here (mpidl.allocator; "
+                         "keep: as mpidl.world sets it)")
     args = ap.parse_args(argv)
+    allocator.configure(args.allocator)
 
     import torch
     torch.set_num_threads(1)
@@ -218,14 +224,15 @@ def main(argv=None):
 
     meta = dict(numpy=np.__version__, torch=torch.__version__, python=platform.python_version(),
                 machine=platform.machine(), cpu_count=os.cpu_count(), load_average=os.getloadavg(),
-                gemm_gflops_1thread=gemm, blas=blas_kernel(), time=time.strftime("%Y-%m-%d %H:%M:%S"))
+                gemm_gflops_1thread=gemm, blas=blas_kernel(), allocator=args.allocator, time=time.strftime("%Y-%m-%d %H:%M:%S"))
     os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, "kernels_vs_pytorch.json"), "w") as f:
         json.dump(dict(meta=meta, results=rows), f, indent=2)
     with open(os.path.join(args.out, "kernels_vs_pytorch.md"), "w") as f:
         f.write(f"# One training step, mpidl vs PyTorch eager (1 thread)\n\n"
                 f"numpy {meta['numpy']}, torch {meta['torch']}, {meta['time']}, load average "
-                f"{meta['load_average'][0]:.1f}; single-thread float32 GEMM {gemm:.1f} GFLOP/s\n\n"
+                f"{meta['load_average'][0]:.1f}; single-thread float32 GEMM {gemm:.1f} GFLOP/s; BLAS {meta['blas']}; "
+                f"malloc: {args.allocator} (both frameworks, one process)\n\n"
                 "Medians over interleaved blocks; ratio = mpidl / PyTorch throughput (wall clock, and by "
                 "process CPU time, which a busy machine disturbs less). PyTorch: the faster of the two "
                 "layer orders.\n\n"
