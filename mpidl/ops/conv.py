@@ -13,7 +13,11 @@ channels the patches are gathered and multiplied a few samples at a time (CHUNK_
 each GEMM reads them from cache; backward gathers them again from the padded input.
 
 Backward: weight gradient (and bias gradient) = GEMMs with the patches; input gradient = col2im,
-one GEMM and one strided add per kernel offset (kh*kw of them, never a loop over pixels).
+one GEMM and one strided add per kernel offset (kh*kw of them, never a loop over pixels), or
+for stride 1 a correlation of the padded output gradient (input_grad_by_correlation).
+
+Stride-1 layers of 8-16 channels in and at most 16 out copy no patches at all: they take
+GEMMs over shifted row ranges of the padded input (mpidl.ops.shifted, chosen by shifted_applies).
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
 from mpidl.ops.scratch import FRESH
+from mpidl.ops.shifted import NARROW_CHANNELS, PaddedRows, shifted_forward, shifted_weight_grad
 
 
 # Below this many input channels the patch matrix is gathered channels-first (see conv2d_forward).
@@ -124,6 +129,11 @@ def conv2d_forward(x, W, b=None, stride=1, padding=0, dilation=1, keep_cols=True
     (sh, sw), (ph, pw), (dh, dw), (Ho, Wo) = conv_geometry("conv2d", x.shape, W.shape, stride, padding, dilation)
     K = C * kh * kw
     ones = 0 if b is None else 1  # the bias rides in the GEMM (see with_bias)
+    if shifted_applies(C, F, (kh, kw), (sh, sw), (ph, pw), (dh, dw)):
+        # Few channels, stride 1: no patches at all (mpidl.ops.shifted); backward reads the same rows.
+        padded = PaddedRows(x, (ph, pw), kw - 1, "padded_rows", scratch)
+        y = shifted_forward(padded, W, b, (Ho, Wo), scratch).transpose(0, 3, 1, 2)
+        return y, (padded if keep_cols else None, ones, W, x.shape, (sh, sw), (ph, pw), (dh, dw), (Ho, Wo))
     if C < FEW_CHANNELS:
         # Few channels (the first layer): patches stored transposed, (c, p, q | n, i, j), gathered
         # from an NCHW copy, so the copy runs along image rows instead of along 1-3 channels.
@@ -165,6 +175,16 @@ def patches_times_weights(patches, W, b, scratch=FRESH):
     return out
 
 
+def shifted_applies(C, F, kernel, stride, padding, dilation) -> bool:
+    """Whether a layer takes mpidl.ops.shifted's GEMMs over shifted rows instead of im2col: stride
+    1, no dilation, a kernel of more than one offset, no more padding than its reach (so its
+    input gradient is a correlation that takes the same path), and from FEW_CHANNELS to
+    NARROW_CHANNELS channels in and at most NARROW_CHANNELS out."""
+    (kh, kw), (ph, pw) = kernel, pair(padding)
+    return (pair(stride) == (1, 1) and pair(dilation) == (1, 1) and kh * kw > 1 and 0 <= ph < kh
+            and 0 <= pw < kw and FEW_CHANNELS <= C <= NARROW_CHANNELS and F <= NARROW_CHANNELS)
+
+
 def correlation_applies(W_shape, stride, padding, dilation) -> bool:
     """Whether input_grad_by_correlation can give this layer's input gradient: stride 1, no more
     padding than the kernel's reach, and a kernel of more than one offset (a 1x1 col2im is
@@ -186,8 +206,11 @@ def input_grad_by_correlation(dy, W, padding, dilation, scratch=FRESH):
     pad = (dh * (kh - 1) - ph, dw * (kw - 1) - pw)
     N, _, Ho, Wo = dy.shape
     H, Wd = Ho + 2 * pad[0] - dh * (kh - 1), Wo + 2 * pad[1] - dw * (kw - 1)
-    patches = channels_last_patches(dy, (kh, kw), (1, 1), pad, (dh, dw), (H, Wd), scratch, temporary=True)
     flipped = W[:, :, ::-1, ::-1].transpose(1, 0, 2, 3)              # (C, F, kh, kw)
+    if shifted_applies(F, C, (kh, kw), 1, pad, (dh, dw)):
+        padded = PaddedRows(dy, pad, kw - 1, "padded_dy_rows", scratch, temporary=True)
+        return shifted_forward(padded, flipped, None, (H, Wd), scratch).transpose(0, 3, 1, 2)
+    patches = channels_last_patches(dy, (kh, kw), (1, 1), pad, (dh, dw), (H, Wd), scratch, temporary=True)
     return patches_times_weights(patches, flipped, None, scratch).reshape(N, H, Wd, C).transpose(0, 3, 1, 2)
 
 
@@ -200,6 +223,10 @@ def conv2d_backward(dy, cache, need_dx=True, need_db=True, scratch=FRESH):
     F, _, kh, kw = W.shape
     dy_mat = dy.transpose(0, 2, 3, 1).reshape(N * Ho * Wo, F)  # a view when dy is channels-last
     K = C * kh * kw
+    if isinstance(source, PaddedRows):   # shifted rows (forward chose them; see shifted_applies)
+        dW = shifted_weight_grad(source, dy, (kh, kw), scratch)
+        db = column_sums(dy_mat) if need_db else None
+        return (input_grad_by_correlation(dy, W, padding, dilation, scratch) if need_dx else None), dW, db
     if C >= FEW_CHANNELS:
         by_correlation = need_dx and correlation_applies(W.shape, stride, padding, dilation)
         dx, dW, db = backward_by_chunks(lambda lo, hi: dy_mat[lo * Ho * Wo:hi * Ho * Wo], cache,

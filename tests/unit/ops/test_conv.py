@@ -120,10 +120,12 @@ def assert_close(ours, theirs, dtype, what):
     assert err <= TORCH_TOL[dtype], f"{what}: relative error {err:.2e}"
 
 
+@pytest.mark.parametrize("narrow", [conv.NARROW_CHANNELS, 0], ids=["shifted-rows-where-they-apply", "im2col"])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("seed", range(10))
-def test_conv2d_matches_pytorch(seed, dtype):
+def test_conv2d_matches_pytorch(seed, dtype, narrow, monkeypatch):
     torch = pytest.importorskip("torch")
+    monkeypatch.setattr(conv, "NARROW_CHANNELS", narrow)
     rng, xs, ws, s, p, d = random_conv_case(100 + seed)
     x, W, b = (rng.normal(size=sh).astype(dtype) for sh in (xs, ws, (ws[0],)))
     if seed % 2:
@@ -138,16 +140,19 @@ def test_conv2d_matches_pytorch(seed, dtype):
         assert_close(ours, theirs, dtype, what)
 
 
+@pytest.mark.parametrize("narrow", [conv.NARROW_CHANNELS, 0], ids=["shifted-rows-where-they-apply", "im2col"])
 @pytest.mark.parametrize("chunk_rows", [None, 50])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("kernel,padding,dilation", [(3, 1, 1), (3, 0, 1), (3, 2, 1), ((3, 2), (1, 0), 1),
                                                      (3, 2, 2), (3, (4, 1), 2), (2, 1, 1), ((1, 3), (0, 2), 1)])
 def test_input_gradient_by_correlation_matches_pytorch_and_col2im(kernel, padding, dilation, dtype, chunk_rows,
-                                                                   monkeypatch):
+                                                                   narrow, monkeypatch):
     """Stride-1 layers on the many-channel path take their input gradient as a correlation of
     dy with the flipped kernel: every padding up to the kernel's reach, dilations, non-square
-    kernels, and chunks of samples that do not divide the batch (50 rows: 1 sample of 9x8)."""
+    kernels, and chunks of samples that do not divide the batch (50 rows: 1 sample of 9x8);
+    with these few channels on shifted rows where they apply (mpidl.ops.shifted) and on im2col."""
     torch = pytest.importorskip("torch")
+    monkeypatch.setattr(conv, "NARROW_CHANNELS", narrow)
     if chunk_rows is not None:
         monkeypatch.setattr(conv, "CHUNK_ROWS", chunk_rows)
     rng = np.random.default_rng(11)
