@@ -26,6 +26,7 @@ STEPS = 30
 
 MPIDL_CHILD = """
 import resource, sys
+from mpidl import allocator
 from mpidl.cli import parse_config
 from mpidl.parallel.comm import SerialComm
 from mpidl.trainer import Trainer
@@ -33,6 +34,7 @@ from threadpoolctl import threadpool_limits
 threadpool_limits(1)
 cfg = parse_config(["--model", sys.argv[1], "--dataset", "fashion-mnist", "--batch-size", "64", "--max-steps", "%d",
                     "--optimizer", "sgd", "--momentum", "0.9", "--lr", "0.05", "--progress", "none", *sys.argv[2:]])
+allocator.configure(cfg.allocator)   # as mpidl.world does
 t = Trainer.from_config(cfg, SerialComm())
 t.train()
 loss, acc = t.evaluate()

@@ -77,7 +77,7 @@ class RunConfig:
     conv_algorithm: str = _opt("auto", "3x3 stride-1 convolutions: auto (from 4 input channels up, each layer "
                                        "times Winograd F(2x2,3x3) against im2col on its first batch and keeps the "
                                        "faster; rank 0's choice holds on every rank), direct (im2col + GEMM "
-                                       "always) or winograd",
+                                       "always; shifted rows at 8-16 channels) or winograd",
                                choices=("auto", "direct", "winograd"))
     winograd_keeps: str = _opt("auto", "what a Winograd layer keeps for its weight gradient: transform (its "
                                        "transformed input, 4x the input's size: fastest), input (transforms it "

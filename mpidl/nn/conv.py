@@ -40,7 +40,8 @@ RECOMPUTE_FROM_CHANNELS = 32
 class Conv2d(Module):
     """algorithm: 'auto' (3x3 stride-1 layers with at least WINOGRAD_MIN_CHANNELS input channels
     measure Winograd against im2col on their first batch and keep the faster, see MEASURE_SAMPLES;
-    im2col + GEMM elsewhere), 'direct' (always im2col), 'winograd' (where it applies).
+    im2col + GEMM elsewhere), 'direct' (always im2col, or mpidl.ops.shifted's rows at 8-16
+    channels), 'winograd' (where it applies).
     winograd_keeps: 'auto', 'transform' or 'input' (see WINOGRAD_KEEPS)."""
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0, dilation=1,
