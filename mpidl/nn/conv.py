@@ -179,7 +179,7 @@ def describe_kernel_choices(net) -> str | None:
     chosen = [m.chosen["train"] for m in measured if m.chosen["train"] is not None]
     if not chosen:
         return None
-    return (f"Winograd in {chosen.count('winograd')} and im2col in {chosen.count('direct')} of the "
+    return (f"Winograd in {chosen.count('winograd')} and the direct GEMMs in {chosen.count('direct')} of the "
             f"{len(measured)} layers that measured both on the first batch")
 
 

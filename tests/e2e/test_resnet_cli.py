@@ -23,5 +23,5 @@ def test_resnet20_learns_on_two_ranks(tmp_path):
     assert summary["val_accuracy"] >= 0.7, summary["val_accuracy"]
     assert summary["steps"] == 2 * (3000 // 64)
     # The 16 3x3 stride-1 layers from 16 channels up measured Winograd against im2col on step 1.
-    told = re.search(r"convolutions: Winograd in (\d+) and im2col in (\d+) of the 16 layers", proc.stdout)
+    told = re.search(r"convolutions: Winograd in (\d+) and the direct GEMMs in (\d+) of the 16 layers", proc.stdout)
     assert told and int(told[1]) + int(told[2]) == 16, proc.stdout[-2000:]

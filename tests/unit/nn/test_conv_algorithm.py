@@ -94,11 +94,11 @@ def test_rank_0s_choice_replaces_what_a_layer_measured_itself_in_both_passes():
     net = nn.Sequential(nn.Conv2d(16, 16, 3, padding=1), nn.Conv2d(16, 16, 3, padding=1), nn.Conv2d(3, 16, 3))
     assert describe_kernel_choices(net) is None                     # nothing measured yet
     set_kernel_choices(net, [[1, 1], [1, 1], [1, 1]])               # both passes measured: im2col
-    assert describe_kernel_choices(net) == "Winograd in 0 and im2col in 2 of the 2 layers that measured both " \
+    assert describe_kernel_choices(net) == "Winograd in 0 and the direct GEMMs in 2 of the 2 layers that measured both " \
                                            "on the first batch"
     set_kernel_choices(net, [[2, 2], [1, 2], [2, 2]])               # rank 0's outcome
     assert kernel_choices(net).tolist() == [[2, 2], [1, 2], [1, 1]]
-    assert describe_kernel_choices(net).startswith("Winograd in 1 and im2col in 1 of the 2 layers")
+    assert describe_kernel_choices(net).startswith("Winograd in 1 and the direct GEMMs in 1 of the 2 layers")
 
 
 def test_a_resumed_run_keeps_the_kernels_its_first_batch_chose(tmp_path):
