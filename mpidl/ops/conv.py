@@ -130,8 +130,9 @@ def conv2d_forward(x, W, b=None, stride=1, padding=0, dilation=1, keep_cols=True
     K = C * kh * kw
     ones = 0 if b is None else 1  # the bias rides in the GEMM (see with_bias)
     if shifted_applies(C, F, (kh, kw), (sh, sw), (ph, pw), (dh, dw)):
-        # Few channels, stride 1: no patches at all (mpidl.ops.shifted); backward reads the same rows.
-        padded = PaddedRows(x, (ph, pw), kw - 1, "padded_rows", scratch)
+        # Few channels, stride 1: no patches at all (mpidl.ops.shifted); backward reads the same
+        # rows, so they are the layer's own, and a temporary where nothing is kept (evaluation).
+        padded = PaddedRows(x, (ph, pw), kw - 1, "padded_rows", scratch, temporary=not keep_cols)
         y = shifted_forward(padded, W, b, (Ho, Wo), scratch).transpose(0, 3, 1, 2)
         return y, (padded if keep_cols else None, ones, W, x.shape, (sh, sw), (ph, pw), (dh, dw), (Ho, Wo))
     if C < FEW_CHANNELS:
@@ -221,12 +222,12 @@ def conv2d_backward(dy, cache, need_dx=True, need_db=True, scratch=FRESH):
         raise RuntimeError("conv2d_backward: the forward pass ran without keeping its patches")
     N, C, H, Wd = x_shape
     F, _, kh, kw = W.shape
-    dy_mat = dy.transpose(0, 2, 3, 1).reshape(N * Ho * Wo, F)  # a view when dy is channels-last
-    K = C * kh * kw
     if isinstance(source, PaddedRows):   # shifted rows (forward chose them; see shifted_applies)
         dW = shifted_weight_grad(source, dy, (kh, kw), scratch)
-        db = column_sums(dy_mat) if need_db else None
+        db = column_sums(dy.transpose(0, 2, 3, 1).reshape(-1, F)) if need_db else None
         return (input_grad_by_correlation(dy, W, padding, dilation, scratch) if need_dx else None), dW, db
+    dy_mat = dy.transpose(0, 2, 3, 1).reshape(N * Ho * Wo, F)  # a view when dy is channels-last
+    K = C * kh * kw
     if C >= FEW_CHANNELS:
         by_correlation = need_dx and correlation_applies(W.shape, stride, padding, dilation)
         dx, dW, db = backward_by_chunks(lambda lo, hi: dy_mat[lo * Ho * Wo:hi * Ho * Wo], cache,

@@ -78,6 +78,11 @@ def test_reused_scratch_keeps_the_zero_border():
         want = (fresh_y, *conv2d_backward(dy, fresh_cache, need_db=False)[:2])
         for a, b in zip(got, want):
             np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
+        # evaluation in between, on a batch of another size: a temporary padded copy
+        x_eval = channels_last(rng.normal(size=(3, 16, 6, 5)))
+        y_eval, eval_cache = conv2d_forward(x_eval, W, None, 1, 1, 1, keep_cols=False, scratch=scratch)
+        assert eval_cache[0] is None
+        np.testing.assert_allclose(y_eval, conv2d_forward(x_eval, W, None, 1, 1, 1)[0], rtol=1e-12, atol=1e-12)
 
 
 @pytest.mark.parametrize("C,F,kernel,stride,padding,dilation", [
