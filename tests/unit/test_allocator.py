@@ -1,50 +1,18 @@
-"""mpidl.allocator: freed memory stays mapped, so a step's arrays stop faulting their pages in."""
-
-import subprocess
-import sys
-import textwrap
+"""mpidl.allocator's choices (what they do to a process: tests/e2e/test_allocator.py)."""
 
 import pytest
 
 from mpidl import allocator
 
-# A training step's pattern: activations kept until backward, then all freed together. With
-# glibc's defaults the freed top of the heap goes back to the kernel and the next step faults
-# it in again.
-CHILD = textwrap.dedent("""
-    import resource, sys
-    import numpy as np
-    from mpidl import allocator
-    print(allocator.configure(sys.argv[1]))
-    def step():
-        kept = [np.ones(1 << 20, np.float32) for _ in range(16)]   # 16 x 4 MiB
-        del kept
-    for _ in range(3):
-        step()
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-    for _ in range(10):
-        step()
-    print((resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / 10)
-""")
-PAGES_PER_STEP = 16 * (4 << 20) // 4096
-
-
-def faults_per_step(choice):
-    out = subprocess.run([sys.executable, "-c", CHILD, choice], capture_output=True, text=True, check=True,
-                         timeout=60).stdout.split()
-    return out[0], float(out[1])
-
-
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="mallopt is glibc's")
-def test_keep_stops_the_page_faults_that_the_default_takes():
-    in_effect, kept = faults_per_step("keep")
-    assert in_effect == "keep"
-    assert kept < 0.01 * PAGES_PER_STEP
-    in_effect, default = faults_per_step("system")
-    assert in_effect == "system"
-    assert default > 0.25 * PAGES_PER_STEP   # the premise: without it the pages fault in every step
-
 
 def test_unknown_choice_is_refused():
     with pytest.raises(ValueError, match="allocator must be one of"):
         allocator.configure("jemalloc")
+
+
+def test_system_reports_what_is_in_effect(monkeypatch):
+    """"system" asked for after "keep" in the same process: keep is still in effect, and said so."""
+    monkeypatch.setattr(allocator, "_applied", True)
+    assert allocator.configure("system") == "keep"
+    monkeypatch.setattr(allocator, "_applied", None)
+    assert allocator.configure("system") == "system"
