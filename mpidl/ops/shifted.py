@@ -42,7 +42,7 @@ class PaddedRows:
         self.grid = (N, H + 2 * ph, Wd + 2 * pw)
         rows = N * self.grid[1] * self.grid[2]
         # Named by what decides the zero border, so that every layer sharing it writes the same part.
-        name = f"{name}_{H}x{Wd}_{ph}{pw}_{slack}"
+        name = f"{name}_{H}x{Wd}_{ph}_{pw}_{slack}"
         get = scratch.temp_zeros_once if temporary else scratch.zeros_once
         self.rows = get(name, (rows + slack, C), x.dtype)
         self.image()[:, ph:ph + H, pw:pw + Wd, :] = x.transpose(0, 2, 3, 1)
