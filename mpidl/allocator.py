@@ -5,8 +5,10 @@ glibc's malloc, left alone, maps arrays above a threshold with mmap and unmaps t
 and trims the heap's free top back to the kernel: the next step's arrays then fault their
 pages in again, zero-filled by the kernel (resnet20, 32x32x3, batch 128: about 13,000 page
 faults and 35 ms of system time a step). Keeping the freed memory mapped lets the next step
-reuse it. The peak resident memory does not change, since the pages are the ones the step
-needed anyway; it is only not given back between steps.
+reuse it. The peak resident memory barely changes, since the pages are the ones the step
+needed anyway; they are only not given back between steps. The three settings go together:
+setting any one turns off glibc's own adjustment of the thresholds (the trim threshold alone
+made resnet20 fault 108,000 pages a step).
 """
 
 from __future__ import annotations
