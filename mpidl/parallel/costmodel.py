@@ -115,10 +115,22 @@ def describe_link(alpha: float, beta: float) -> str:
     return f"link {alpha * 1e6:.0f} us + {rate:.0f} Mbit/s (measured at start-up)"
 
 
-def choose(comm, predicted: dict[str, float]) -> str:
-    """The name with the lowest predicted time, the same on every rank (rank 0's times)."""
+# A 16-bit codec rounds every gradient: it is taken only when predicted at least this much
+# faster than the best exact reduction, not on a near-tie within the model's own error.
+LOSSY_MARGIN = 0.1
+
+
+def choose(comm, predicted: dict[str, float], lossy=()) -> str:
+    """The name with the lowest predicted time, the same on every rank (rank 0's times); one
+    of the `lossy` names only if it beats the fastest other one by LOSSY_MARGIN."""
     names = list(predicted)
     times = np.array([predicted[k] for k in names])
     comm.bcast_(times, root=0)
     predicted.update(zip(names, times.tolist()))
-    return names[int(np.argmin(times))]
+    best = names[int(np.argmin(times))]
+    exact = [k for k in names if k not in lossy]
+    if best in lossy and exact:
+        best_exact = min(exact, key=predicted.get)
+        if predicted[best] > (1 - LOSSY_MARGIN) * predicted[best_exact]:
+            return best_exact
+    return best

@@ -386,7 +386,7 @@ class AutoSync(GradientSync):
                 self.predicted[name] = costmodel.reduction_wait(
                     p, self.alpha, self.beta, self._bucket_ready(buckets, ready) if mb else [(self.store.size, 0.0)],
                     2 if codec else itemsize, self.codec_cost.get(codec, 0.0))
-        best = costmodel.choose(self.comm, self.predicted)
+        best = costmodel.choose(self.comm, self.predicted, lossy={k for k, (codec, _) in plans.items() if codec})
         codec, mb = plans[best]
         if codec or mb:
             self.inner = BucketSync(self.comm, self.store, self.net, mb * MB if mb else None, self.overlap, codec)

@@ -65,3 +65,15 @@ def test_reduction_wait_hides_what_backward_covers():
     # a 16-bit codec halves the bytes and adds its coding per element
     coded = reduction_wait(p, alpha, beta, [(1_000_000, 0.0)], 2, codec_seconds=1e-9)
     assert coded == pytest.approx(allreduce_time(p, 2e6, alpha, beta) + 1e-9 * 1_000_000 * 1.5)
+
+
+def test_a_lossy_codec_needs_a_clear_lead_over_the_best_exact_reduction():
+    from mpidl.parallel.comm import SerialComm
+    from mpidl.parallel.costmodel import LOSSY_MARGIN, choose
+    lossy = {"bf16", "fp16"}
+    near_tie = {"flat": 1.80e-3, "buckets 1 MiB": 1.81e-3, "bf16": 1.79e-3, "fp16": 1.9e-3}
+    assert choose(SerialComm(), dict(near_tie), lossy) == "flat"
+    clear = {"flat": 1.0, "bf16": (1 - LOSSY_MARGIN) * 0.99, "fp16": 0.95}
+    assert choose(SerialComm(), dict(clear), lossy) == "bf16"
+    assert choose(SerialComm(), {"bf16": 2.0, "fp16": 1.0}, lossy) == "fp16"   # nothing exact to prefer
+    assert choose(SerialComm(), dict(near_tie)) == "bf16"                     # no names marked lossy
