@@ -223,8 +223,17 @@ def conv2d_backward(dy, cache, need_dx=True, need_db=True, scratch=FRESH):
     N, C, H, Wd = x_shape
     F, _, kh, kw = W.shape
     if isinstance(source, PaddedRows):   # shifted rows (forward chose them; see shifted_applies)
-        dW = shifted_weight_grad(source, dy, (kh, kw), scratch)
+        # A 'same' convolution pads dy for its input gradient by as much as forward padded x, so
+        # dy laid on forward's grid for dW, read (a*Wp + b) rows earlier, is that padded dy.
+        (ph, pw), Wp = padding, source.grid[2]
+        a, b = kh - 1 - ph, kw - 1 - pw
+        same = need_dx and 2 * a == kh - 1 and 2 * b == kw - 1
+        dW, dy_rows = shifted_weight_grad(source, dy, (kh, kw), scratch, lead=a * Wp + b if same else 0)
         db = column_sums(dy.transpose(0, 2, 3, 1).reshape(-1, F)) if need_db else None
+        if same:
+            flipped = W[:, :, ::-1, ::-1].transpose(1, 0, 2, 3)
+            dx = shifted_forward(PaddedRows.viewing(dy_rows, source.grid), flipped, None, (H, Wd), scratch)
+            return dx.transpose(0, 3, 1, 2), dW, db
         return (input_grad_by_correlation(dy, W, padding, dilation, scratch) if need_dx else None), dW, db
     dy_mat = dy.transpose(0, 2, 3, 1).reshape(N * Ho * Wo, F)  # a view when dy is channels-last
     K = C * kh * kw

@@ -114,3 +114,18 @@ def test_shifted_gradients_match_finite_differences():
     numeric = float(np.sum(dy * (plus - minus)) / (2 * eps))
     analytic = float(sum(np.sum(g * v) for g, v in zip(grads, directions)))
     assert analytic == pytest.approx(numeric, rel=1e-6)
+
+
+@pytest.mark.parametrize("kernel,padding", [((3, 3), (1, 1)), ((5, 3), (2, 1)), ((3, 3), (0, 1))])
+def test_same_convolutions_read_the_padded_dy_off_the_weight_gradients_grid(kernel, padding):
+    """For a 'same' convolution the input gradient reads dy where the weight gradient laid it,
+    with no padded copy of its own: bit for bit what the correlation with its own copy gives.
+    Other paddings take that copy."""
+    from mpidl.ops.conv import input_grad_by_correlation
+    rng = np.random.default_rng(2)
+    x, W = channels_last(rng.normal(size=(3, 12, 7, 6))), rng.normal(size=(10, 12, *kernel))
+    y, cache = conv2d_forward(x, W, None, 1, padding, 1)
+    dy = channels_last(rng.normal(size=y.shape))
+    dx, dW, _ = conv2d_backward(dy, cache, need_db=False)
+    np.testing.assert_array_equal(dx, input_grad_by_correlation(dy, W, padding, 1))
+    np.testing.assert_array_equal(dW, shifted.shifted_weight_grad(cache[0], dy, kernel)[0])
