@@ -9,7 +9,8 @@ The BLAS kernel that ran (threadpoolctl) is printed and saved with the figures.
 
 Both frameworks run in the same process, alternating timed blocks so that a busy machine
 slows both alike; each figure is the median over the blocks. They share the process's malloc
-setting too (--allocator, default keep: what mpidl.world sets), so the ratio is the kernels'. Also printed: the achieved
+setting too (--allocator, default keep: what mpidl.world sets), so the ratio is the kernels'.
+Also printed: the achieved
 GFLOP/s (multiply-adds of the GEMMs in forward and backward, x2) against this machine's
 single-thread float32 GEMM rate measured in the same run. Results go to
 benchmarks/results/kernels_vs_pytorch.{json,md}.

@@ -195,7 +195,7 @@ def correlation_applies(W_shape, stride, padding, dilation) -> bool:
     return (sh, sw) == (1, 1) and kh * kw > 1 and 0 <= ph <= dh * (kh - 1) and 0 <= pw <= dw * (kw - 1)
 
 
-def input_grad_by_correlation(dy, W, padding, dilation, scratch=FRESH):
+def input_grad_by_correlation(dy, W, padding, dilation, scratch=FRESH, padded_dy=None):
     """The input gradient of a stride-1 convolution as a convolution itself: dy, padded by the
     kernel's reach less the forward padding, correlated with W flipped and with its in and out
     channels swapped. The same multiply-adds as col2im, in one GEMM of K = kh*kw*F per chunk
@@ -209,7 +209,10 @@ def input_grad_by_correlation(dy, W, padding, dilation, scratch=FRESH):
     H, Wd = Ho + 2 * pad[0] - dh * (kh - 1), Wo + 2 * pad[1] - dw * (kw - 1)
     flipped = W[:, :, ::-1, ::-1].transpose(1, 0, 2, 3)              # (C, F, kh, kw)
     if shifted_applies(F, C, (kh, kw), 1, pad, (dh, dw)):
-        padded = PaddedRows(dy, pad, kw - 1, "padded_dy_rows", scratch, temporary=True)
+        # padded_dy: dy already laid out padded as shifted rows (a 'same' layer's, conv2d_backward)
+        padded = padded_dy
+        if padded is None:
+            padded = PaddedRows(dy, pad, kw - 1, "padded_dy_rows", scratch, temporary=True)
         return shifted_forward(padded, flipped, None, (H, Wd), scratch).transpose(0, 3, 1, 2)
     patches = channels_last_patches(dy, (kh, kw), (1, 1), pad, (dh, dw), (H, Wd), scratch, temporary=True)
     return patches_times_weights(patches, flipped, None, scratch).reshape(N, H, Wd, C).transpose(0, 3, 1, 2)
@@ -230,11 +233,9 @@ def conv2d_backward(dy, cache, need_dx=True, need_db=True, scratch=FRESH):
         same = need_dx and 2 * a == kh - 1 and 2 * b == kw - 1
         dW, dy_rows = shifted_weight_grad(source, dy, (kh, kw), scratch, lead=a * Wp + b if same else 0)
         db = column_sums(dy.transpose(0, 2, 3, 1).reshape(-1, F)) if need_db else None
-        if same:
-            flipped = W[:, :, ::-1, ::-1].transpose(1, 0, 2, 3)
-            dx = shifted_forward(PaddedRows.viewing(dy_rows, source.grid), flipped, None, (H, Wd), scratch)
-            return dx.transpose(0, 3, 1, 2), dW, db
-        return (input_grad_by_correlation(dy, W, padding, dilation, scratch) if need_dx else None), dW, db
+        padded_dy = PaddedRows.viewing(dy_rows, source.grid) if same else None
+        dx = input_grad_by_correlation(dy, W, padding, dilation, scratch, padded_dy) if need_dx else None
+        return dx, dW, db
     dy_mat = dy.transpose(0, 2, 3, 1).reshape(N * Ho * Wo, F)  # a view when dy is channels-last
     K = C * kh * kw
     if C >= FEW_CHANNELS:
